@@ -1,0 +1,104 @@
+"""The command line every chapter shares: `python -m chapters.chNN_... [--device cuda] [--compare] ...`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+
+import torch
+
+from .engine import Request
+from .loading import from_config, load_pretrained, load_tokenizer
+from .metrics import Clock, RunResult, console, results_table, save_results
+from .workloads import get_workload
+
+CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async"]
+
+
+def chapter_module(name: str):
+    return importlib.import_module(f"chapters.{name}")
+
+
+def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m chapters.{chapter}", description=f"Run {chapter} on a workload.")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on the CPU, bfloat16 on a GPU")
+    p.add_argument("--preset", default=None, help="model shape (default: the workload's; tiny for small ones)")
+    p.add_argument("--workload", default="W1-small", help="W1, W2, W2-short, W1-small, W2-small")
+    p.add_argument("--requests", type=int, default=None, help="run only the first N requests of the workload")
+    p.add_argument("--compare", action="store_true", help="also run the earlier chapters on the same requests")
+    p.add_argument("--compare-requests", type=int, default=None,
+                   help="with --compare: give ch01 and ch02 only the first N requests (they are slow)")
+    p.add_argument("--model", default=None, help="a local Hugging Face checkpoint folder instead of random weights")
+    p.add_argument("--prompt", action="append", help="with --model: generate from this text (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="with --prompt")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    for name, (typ, default, help_) in options.items():
+        flag = "--" + name.replace("_", "-")
+        if typ is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            p.add_argument(flag, type=typ, default=default, help=help_)
+    return p
+
+
+def build_model(args):
+    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
+    if args.model:
+        return load_pretrained(args.model, device=args.device, dtype=dtype), load_tokenizer(args.model)
+    workload = get_workload(args.workload)
+    return from_config(args.preset or workload.preset, device=args.device, dtype=dtype), None
+
+
+def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[RunResult]:
+    """Parse the command line, run `chapter` (and with --compare the ones before it), print a table."""
+    options = options or {}
+    args = parser_for(chapter, options).parse_args(argv)
+    model, tokenizer = build_model(args)
+    engine_options = {name: getattr(args, name) for name in options}
+    if args.prompt:
+        return run_text(chapter, model, tokenizer, args, engine_options)
+    workload = get_workload(args.workload)
+    requests = workload.requests(model.config.vocab_size, args.requests)
+    chapters = CHAPTERS[: CHAPTERS.index(chapter) + 1] if args.compare else [chapter]
+    results = []
+    for name in chapters:
+        subset = requests
+        if name != chapter and args.compare_requests and name in ("ch01_naive", "ch02_padded"):
+            subset = requests[: args.compare_requests]
+        opts = engine_options if name == chapter else {}
+        results.append(measure(name, model, subset, workload.name, args, opts))
+    console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name}, "
+                                         f"{args.device}, {model.dtype}"))
+    if args.out:
+        save_results(results, args.out, command="python -m chapters." + chapter + " " + shlex.join(argv or sys.argv[1:]))
+    return results
+
+
+def measure(name, model, requests, workload, args, options) -> RunResult:
+    """Warm up (excluded), then time one run of `name` from the first submit to the last token."""
+    generate = chapter_module(name).generate
+    warm = [Request(r.prompt_ids[:8], max_new_tokens=4, ignore_eos=True) for r in requests[:4]]
+    generate(model, warm, **options)
+    clock = Clock(model.device)
+    completions = generate(model, requests, progress=not args.no_progress, **options)
+    wall = clock.now(sync=True)
+    note = f"first {len(requests)} requests" if args.requests or len(requests) < get_workload(workload).num_requests else ""
+    return RunResult.from_completions(completions, wall, chapter=name, workload=workload,
+                                      preset=model.config.name, device=args.device,
+                                      dtype=str(model.dtype).removeprefix("torch."), note=note,
+                                      extra=getattr(completions, "stats", {}))
+
+
+def run_text(chapter, model, tokenizer, args, options):
+    if tokenizer is None:
+        raise SystemExit("--prompt needs --model DIR with a tokenizer in the folder")
+    requests = [Request(tokenizer(p)["input_ids"] or [tokenizer.bos_token_id or 0], max_new_tokens=args.max_new_tokens)
+                for p in args.prompt]
+    completions = chapter_module(chapter).generate(model, requests, **options)
+    for p, c in zip(args.prompt, completions):
+        console.print(f"[bold]{p}[/bold]{tokenizer.decode(c.tokens)}  [dim]({c.finish_reason})[/dim]")
+    return []

@@ -1,0 +1,117 @@
+"""Measuring the same way in every chapter: clocks, results, JSON files, rich tables and progress."""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .engine import Completion
+
+console = Console(width=None if sys.stdout.isatty() else 150)  # logs get full-width tables
+
+
+class Clock:
+    """Seconds since the clock started. On a GPU, `now(sync=True)` first waits for queued work,
+    because a host clock read while kernels are still queued measures only the queuing."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+        self.start = time.perf_counter()
+
+    def now(self, sync: bool = False) -> float:
+        if sync and self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class RunResult:
+    """One engine on one workload: what the tables, the JSON files and the figures are made from."""
+
+    chapter: str
+    workload: str
+    preset: str
+    device: str
+    dtype: str
+    num_requests: int
+    output_tokens: int
+    wall_s: float
+    tokens_per_s: float
+    ttft_p50_s: float
+    tpot_p50_s: float
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_completions(cls, completions: list[Completion], wall_s: float, **info) -> "RunResult":
+        tokens = sum(len(c.tokens) for c in completions)
+        ttfts = [c.ttft for c in completions if c.token_times]
+        tpots = [c.tpot for c in completions if len(c.token_times) > 1]
+        return cls(num_requests=len(completions), output_tokens=tokens, wall_s=wall_s,
+                   tokens_per_s=tokens / wall_s if wall_s > 0 else float("nan"),
+                   ttft_p50_s=statistics.median(ttfts) if ttfts else float("nan"),
+                   tpot_p50_s=statistics.median(tpots) if tpots else float("nan"), **info)
+
+
+def environment() -> dict:
+    """The test configuration a results file states: machine, GPU, library versions."""
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "machine": platform.machine(),
+           "cpu_count": __import__("os").cpu_count()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def save_results(results: list[RunResult], path: str | Path, command: str = "") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"command": command, "environment": environment(), "results": [asdict(r) for r in results]}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def load_results(path: str | Path) -> list[RunResult]:
+    return [RunResult(**r) for r in json.loads(Path(path).read_text())["results"]]
+
+
+def results_table(results: list[RunResult], title: str) -> Table:
+    """One row per run; the last column compares each row with the one before it."""
+    table = Table(title=title, title_justify="left")
+    for col in ("chapter", "workload", "requests", "out tokens", "wall s", "tokens/s", "TTFT p50 ms",
+                "TPOT p50 ms", "vs previous", "note"):
+        table.add_column(col, justify="left" if col in ("chapter", "workload", "note") else "right")
+    prev = None
+    for r in results:
+        gain = f"{r.tokens_per_s / prev.tokens_per_s:.1f}x" if prev and prev.tokens_per_s else ""
+        table.add_row(r.chapter, r.workload, str(r.num_requests), str(r.output_tokens), f"{r.wall_s:.2f}",
+                      f"{r.tokens_per_s:,.0f}", f"{r.ttft_p50_s * 1e3:,.1f}", f"{r.tpot_p50_s * 1e3:,.2f}",
+                      gain, r.note)
+        prev = r
+    return table
+
+
+@contextmanager
+def token_progress(total: int, description: str, enabled: bool = True):
+    """A rich progress bar counting output tokens; yields `advance(n)`."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("tokens"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)

@@ -1,0 +1,158 @@
+"""The model: a Llama / Qwen2 / Qwen3 decoder that knows nothing about batching.
+
+Its forward takes a flat list of token ids, their positions, and an *attention object* from the
+engine. Each layer computes q, k, v, rotates q and k, and hands them to that object, which stores k, v
+wherever its cache layout wants and returns the attention output. So chapter 1's contiguous cache,
+chapter 3's packed batches and chapter 4's paged blocks all run this same file.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class Attention(Protocol):
+    """What the engine hands the model: store this layer's k, v; return attention over the cache."""
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: (T, n_heads, head_dim); k, v: (T, n_kv_heads, head_dim) -> (T, n_heads, head_dim)."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32, as the reference implementations do, then return to x's dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """The rotation speed of each pair of dimensions, (head_dim // 2,), with Llama 3.1's scaling if set."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    s = config.rope_scaling
+    if s and s.get("rope_type", s.get("type")) == "llama3":
+        # Slow (long-wavelength) dimensions are stretched by `factor`, fast ones kept, a blend between.
+        low_wavelen = s["original_max_position_embeddings"] / s["low_freq_factor"]
+        high_wavelen = s["original_max_position_embeddings"] / s["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (s["original_max_position_embeddings"] / wavelen - s["low_freq_factor"]) / (
+            s["high_freq_factor"] - s["low_freq_factor"]
+        )
+        blended = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
+        inv_freq = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
+        between = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+        inv_freq = torch.where(between, blended, inv_freq)
+    elif s and s.get("rope_type", s.get("type")) not in (None, "default"):
+        raise ValueError(f"rope_scaling {s!r} is not supported (only Llama 3.1's 'llama3')")
+    return inv_freq.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (T, heads, head_dim) by its positions' angles; cos, sin: (T, 1, head_dim)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        c, bias = config, config.attention_bias
+        self.layer, self.n_heads, self.n_kv, self.d = layer, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=bias)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+
+    def forward(self, x, cos, sin, attn: Attention):
+        T = x.shape[0]
+        q = self.q_proj(x).view(T, self.n_heads, self.d)  # (T, H, D)
+        k = self.k_proj(x).view(T, self.n_kv, self.d)  # (T, Hkv, D)
+        v = self.v_proj(x).view(T, self.n_kv, self.d)  # (T, Hkv, D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attn(self.layer, q, k, v)  # the engine's cache and attention: (T, H, D)
+        return self.o_proj(out.reshape(T, self.n_heads * self.d))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = SelfAttention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, attn: Attention):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """Parameter names match Hugging Face's, without the leading `model.`, so checkpoints load as they are."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, positions: (T,) -> logits (len(logits_at), vocab) in float32.
+
+        `logits_at` picks the rows worth projecting onto the vocabulary (each sequence's last token);
+        None means every row.
+        """
+        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
+        cos, sin = angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+        x = self.embed_tokens(input_ids)  # (T, C)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn)
+        if logits_at is not None:
+            x = x[logits_at]
+        return self.lm_head(self.norm(x)).float()  # (N, vocab)
