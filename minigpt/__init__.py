@@ -1,13 +1,13 @@
 """minigpt: the model and everything in the book that is not a batching idea."""
 from .config import PRESETS, ModelConfig, get_config
-from .engine import Completion, Request, Sampler, finish_reason, max_total_len, validate_requests
+from .engine import Completion, Completions, Request, Sampler, finish_reason, max_total_len, validate_requests
 from .loading import from_config, load_pretrained, load_tokenizer
 from .metrics import Clock, RunResult, load_results, results_table, save_results, token_progress
 from .model import Transformer
 from .workloads import WORKLOADS, Workload, get_workload
 
 __all__ = [
-    "PRESETS", "ModelConfig", "get_config", "Completion", "Request", "Sampler", "finish_reason",
+    "PRESETS", "ModelConfig", "get_config", "Completion", "Completions", "Request", "Sampler", "finish_reason",
     "max_total_len", "validate_requests", "from_config", "load_pretrained", "load_tokenizer", "Clock",
     "RunResult", "load_results", "results_table", "save_results", "token_progress", "Transformer",
     "WORKLOADS", "Workload", "get_workload",

@@ -42,6 +42,15 @@ class Completion:
         return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else float("nan")
 
 
+class Completions(list):
+    """What `generate` returns: the completions in request order, plus the engine's own counters
+    (padding waste, memory use, step times...) in `.stats` for the tables and figures."""
+
+    def __init__(self, items=(), stats: dict | None = None):
+        super().__init__(items)
+        self.stats = stats or {}
+
+
 def validate_requests(requests: list[Request], config: ModelConfig) -> None:
     """Raise ValueError naming the request and the field, before any work starts."""
     if not isinstance(requests, (list, tuple)):

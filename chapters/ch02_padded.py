@@ -1,0 +1,215 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent,ipynb
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 2: static batches, left padding and an attention mask
+#
+# **What you will learn:** why batching is the first big speed-up in inference, how to batch
+# requests of different lengths with *left padding* and a mask, and what that padding costs.
+#
+# Chapter 1 reads every weight of the model to produce one token. A decode step is memory-bound: the
+# GPU spends its time moving weights, not multiplying. Feed it `B` requests at once and the same weight
+# read produces `B` tokens, almost for free.
+#
+# Requests differ in length, and a tensor is a rectangle. So we pad: every prompt is left-padded to
+# the longest in the batch (left, so that every request's *last* token sits in the same column and
+# decode appends one column for all). A mask stops real tokens from attending to padding. Two costs
+# follow, and this chapter measures both:
+#
+# * **padding waste**: columns computed for pad tokens, in prefill (short prompts beside long ones)
+#   and in decode (requests that already finished keep their row until the batch ends);
+# * **the batch waits for its slowest member**: a new request cannot join until the whole batch is done.
+
+# %%
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
+                     max_total_len, token_progress, validate_requests)
+
+# %% [markdown]
+# ## The cache: one rectangle per batch
+#
+# Keys and values for `B` requests: `(layers, B, max_len, kv_heads, head_dim)`. Request `b`'s prompt
+# sits in columns `pad[b] .. P-1`, where `P` is the longest prompt. Column `c` of request `b` holds
+# position `c - pad[b]`. A query in column `i` may see column `j` when `pad[b] <= j <= i` (causal, not
+# padding). A pad query sees only itself: a row with nothing to attend to would give NaN, and a NaN
+# value multiplied by a zero weight is still NaN.
+
+# %%
+class PaddedKVCache:  # NEW: a (B, max_len) rectangle instead of one request's row
+    def __init__(self, config: ModelConfig, pads: list[int], max_len: int, device, dtype):
+        B = len(pads)
+        shape = (config.num_hidden_layers, B, max_len, config.num_key_value_heads, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pads = torch.tensor(pads, device=device)  # (B,)
+        self.start = 0  # columns already cached
+
+    def __call__(self, layer: int, q, k, v):
+        B = self.pads.shape[0]
+        T = q.shape[0] // B
+        end = self.start + T
+        self.k[layer, :, self.start:end] = k.view(B, T, *k.shape[1:])  # (B, T, Hkv, D)
+        self.v[layer, :, self.start:end] = v.view(B, T, *v.shape[1:])
+        q_col = torch.arange(self.start, end, device=q.device)[None, :, None]  # (1, T, 1)
+        k_col = torch.arange(end, device=q.device)[None, None, :]  # (1, 1, S)
+        mask = (k_col <= q_col) & ((k_col >= self.pads[:, None, None]) | (k_col == q_col))  # (B, T, S)
+        out = F.scaled_dot_product_attention(
+            q.view(B, T, *q.shape[1:]).transpose(1, 2),  # (B, H, T, D)
+            self.k[layer, :, :end].transpose(1, 2), self.v[layer, :, :end].transpose(1, 2),  # (B, Hkv, S, D)
+            attn_mask=mask[:, None], enable_gqa=True,
+        )
+        return out.transpose(1, 2).reshape(B * T, *q.shape[1:])  # (B*T, H, D)
+
+
+# %% [markdown]
+# ## One batch, from prefill to its slowest member's last token
+#
+# The model still takes a flat list of tokens: the `(B, T)` rectangle, flattened row by row. Every
+# row's last column is a real token, so the logits we need are at `b*T + T-1`.
+
+# %%
+@torch.inference_mode()
+def forward(model, cache: PaddedKVCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """ids, positions: (B, T) -> logits of each row's last column: (B, vocab)."""
+    B, T = ids.shape
+    last = torch.arange(B, device=ids.device) * T + T - 1
+    logits = model(ids.flatten(), positions.flatten(), cache, logits_at=last)
+    cache.start += T
+    return logits
+
+
+class PaddedEngine:
+    def __init__(self, model, batch_size: int = 16, progress: bool = False):
+        self.model, self.config, self.batch_size, self.progress = model, model.config, batch_size, progress
+        self.stats = {"prefill_slots": 0, "prefill_pad": 0, "decode_slots": 0, "decode_idle": 0}
+
+    def generate(self, requests: list[Request]) -> Completions:
+        validate_requests(requests, self.config)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        clock = Clock(self.model.device)
+        sampler = Sampler(requests, self.model.device)
+        completions = [Completion(arrival=r.arrival_time) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
+        with token_progress(sum(r.max_new_tokens for r in requests), "ch02 padded", self.progress) as advance:
+            for b in range(0, len(order), self.batch_size):
+                batch = order[b:b + self.batch_size]
+                wait = max(requests[i].arrival_time for i in batch) - clock.now()
+                if wait > 0:  # a static batch starts when its last member has arrived
+                    time.sleep(wait)
+                self.run_batch(batch, requests, completions, sampler, clock, advance)
+        s = self.stats
+        s["prefill_waste"] = s["prefill_pad"] / max(s["prefill_slots"], 1)
+        s["decode_waste"] = s["decode_idle"] / max(s["decode_slots"], 1)
+        return Completions(completions, stats=s)
+
+    def run_batch(self, batch, requests, completions, sampler, clock, advance):
+        device = self.model.device
+        prompts = [requests[i].prompt_ids for i in batch]
+        P = max(len(p) for p in prompts)
+        pads = [P - len(p) for p in prompts]
+        max_len = P + max(max_total_len(requests[i], self.config) - len(requests[i].prompt_ids) for i in batch)
+        cache = PaddedKVCache(self.config, pads, max_len, device, self.model.dtype)
+        ids = torch.tensor([[0] * pad + p for pad, p in zip(pads, prompts)], device=device)  # (B, P)
+        positions = (torch.arange(P, device=device)[None, :] - cache.pads[:, None]).clamp(min=0)  # (B, P)
+        self.stats["prefill_slots"] += len(batch) * P
+        self.stats["prefill_pad"] += sum(pads)
+        logits = forward(self.model, cache, ids, positions)
+        done = [False] * len(batch)
+        while True:
+            tokens = sampler(logits, batch).tolist()  # one CPU-GPU sync per step for the whole batch
+            now = clock.now()
+            for row, i in enumerate(batch):
+                if done[row]:
+                    continue
+                c = completions[i]
+                c.tokens.append(tokens[row])
+                c.token_times.append(now)
+                advance(1)
+                c.finish_reason = finish_reason(requests[i], c, self.config) or ""
+                done[row] = bool(c.finish_reason)
+            if all(done):
+                return
+            # Finished rows still compute a column each step: that is the decode waste.
+            self.stats["decode_slots"] += len(batch)
+            self.stats["decode_idle"] += sum(done)
+            ids = torch.tensor(tokens, device=device)[:, None]  # (B, 1)
+            positions = positions[:, -1:] + 1
+            logits = forward(self.model, cache, ids, positions)
+
+
+def generate(model, requests: list[Request], **options) -> Completions:
+    """Chapter 2's engine: static padded batches. Options: batch_size (int), progress (bool)."""
+    return PaddedEngine(model, **options).generate(requests)
+
+
+# %% [markdown]
+# ## The check: the same tokens as chapter 1
+#
+# Batching must not change a single greedy token. In float32 on the CPU, every request's tokens equal
+# chapter 1's (and so transformers'), whatever else shares its batch.
+
+# %%
+def check_against_chapter1(model, requests: list[Request], batch_size: int = 4) -> int:
+    from chapters import ch01_naive
+
+    ours = generate(model, requests, batch_size=batch_size)
+    for i, (a, b) in enumerate(zip(ours, ch01_naive.generate(model, requests))):
+        assert a.tokens == b.tokens, f"request {i} differs from chapter 1"
+    return sum(len(c.tokens) for c in ours)
+
+
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt import from_config, get_workload
+
+    demo_model = from_config("tiny")
+    demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
+    print(f"{check_against_chapter1(demo_model, demo)} tokens equal chapter 1's")
+
+# %% [markdown]
+# ## The measurement
+#
+# `python -m chapters.ch02_padded --compare` runs chapters 1 and 2 on the same requests. On W1 the
+# prompt lengths are uniform in [100, 1024], so a batch's prompts average about half the longest: expect
+# close to half the prefill columns to be padding, and, since outputs are uniform too, a similar share of
+# idle decode rows. The table shows both, and the H200 numbers are in `figures/`.
+#
+# ## Exercises
+#
+# 1. Sort the requests by prompt length before batching. What happens to prefill waste? To decode waste?
+# 2. Vary `--batch-size` from 1 to 64 on W1-small. Where does throughput stop growing on the CPU, and why?
+# 3. Give one request of a batch 10x the output of the others and watch decode waste. What would you need
+#    to let a new request take a finished row's place? (That is chapter 3.)
+
+# %%
+OPTIONS = {"batch_size": (int, 16, "requests per static batch")}
+
+
+def main(argv=None):
+    from minigpt.cli import run_chapter
+
+    results = run_chapter("ch02_padded", argv, OPTIONS)
+    for r in results:
+        if "prefill_waste" in r.extra:
+            print(f"{r.chapter}: padding waste {r.extra['prefill_waste']:.0%} of prefill columns, "
+                  f"{r.extra['decode_waste']:.0%} of decode rows idle")
+
+
+if __name__ == "__main__" and "get_ipython" not in globals():
+    main()

@@ -1,0 +1,401 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent,ipynb
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 3: continuous batching
+#
+# **What you will learn:** how to batch requests without padding, how a scheduler lets requests
+# join and leave the batch at every step, how a long prompt is prefilled in chunks beside other
+# requests' decode steps, and what reserving KV memory per request costs.
+#
+# Chapter 2 lost time twice: on pad tokens, and on rows that had finished but had to wait for the
+# batch's slowest member. Both come from the rectangle. Drop it:
+#
+# * **ragged batches**: the model already takes a flat list of tokens. Put every running request's
+#   new tokens in it, back to back: a decoding request brings 1 token, a prefilling one a chunk of its
+#   prompt. No padding at all; attention is told where each sequence starts and ends.
+# * **a scheduler, every step**: finished requests leave, waiting ones join, up to a *token budget*
+#   (`max_batch_tokens`) per step. Decode tokens go first (they are cheap and keep latency low), then
+#   prompt chunks fill what is left: a prompt longer than the budget is prefilled over several steps.
+# * **arrivals**: a request that arrives mid-run joins at the next step.
+#
+# The KV cache becomes a set of *slots*, one row per running request, each as long as the longest
+# request could grow. That is simple, and wasteful: the chapter measures the memory reserved but never
+# used, which is what chapter 4 fixes.
+
+# %%
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
+                     max_total_len, token_progress, validate_requests)
+from minigpt.attention import causal_attention
+
+# %% [markdown]
+# ## A sequence, and one step's worth of it
+#
+# A `Sequence` is a request in flight: its tokens so far (prompt + generated) and how many of them
+# already have their keys and values in the cache (`num_cached`). Each step runs a *chunk* of it:
+# the tokens `num_cached .. num_cached+n-1`. When a chunk reaches the last known token, the step
+# yields that sequence's next token.
+
+# %%
+@dataclass
+class Sequence:
+    index: int  # the request's place in the list given to generate()
+    request: Request
+    completion: Completion
+    tokens: list[int]  # prompt + generated so far
+    max_len: int  # prompt + max_new_tokens, capped by the model's context
+    num_cached: int = 0  # tokens whose K, V are in the cache
+    slot: int = -1  # chapter 3's cache row (-1: none yet)
+
+    @property
+    def decoding(self) -> bool:
+        return self.num_cached == len(self.tokens) - 1
+
+
+@dataclass
+class Chunk:
+    seq: Sequence
+    start: int  # first token of the chunk (= seq.num_cached when scheduled)
+    n: int  # number of tokens
+
+    @property
+    def samples(self) -> bool:  # does this chunk end at the sequence's newest token?
+        return self.start + self.n == len(self.seq.tokens)
+
+
+# %% [markdown]
+# ## The scheduler
+#
+# Two queues: `waiting` (arrived, not started) and `running`. Every step, in this order:
+#
+# 1. every running sequence gets its next chunk: 1 token when decoding, else as much of its prompt as
+#    the budget has left;
+# 2. waiting sequences join while the budget lasts and the cache has room (`allocate`).
+#
+# `allocate(seq, n)` asks the cache for room for `n` more tokens. Here a slot holds a request's whole
+# maximum length, so only a new sequence can be refused (no free slot).
+
+# %%
+class Scheduler:
+    def __init__(self, cache, max_batch_tokens: int, max_seqs: int):
+        self.cache, self.max_batch_tokens, self.max_seqs = cache, max_batch_tokens, max_seqs
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence):
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[Chunk]:
+        budget, chunks = self.max_batch_tokens, []
+        for seq in sorted(self.running, key=lambda s: not s.decoding):  # decodes first, then prompt chunks
+            n = min(len(seq.tokens) - seq.num_cached, budget)
+            if n > 0 and seq in self.running and self.allocate(seq, n):
+                chunks.append(Chunk(seq, seq.num_cached, n))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
+            seq = self.waiting[0]
+            n = min(len(seq.tokens) - seq.num_cached, budget)
+            if not self.cache.allocate(seq, n):
+                break  # no room: it waits, first in line
+            self.running.append(self.waiting.popleft())
+            chunks.append(Chunk(seq, seq.num_cached, n))
+            budget -= n
+        return sorted(chunks, key=lambda c: not c.seq.decoding)  # decode tokens first in the flat batch
+
+    def allocate(self, seq: Sequence, n: int) -> bool:
+        """Room for a running sequence's next n tokens. Chapter 4 preempts others when there is none."""
+        return self.cache.allocate(seq, n)
+
+    def finish(self, seq: Sequence):
+        self.running.remove(seq)
+        self.cache.free(seq)
+
+
+# %% [markdown]
+# ## The cache: a slot per running request
+#
+# `k`, `v`: `(layers, num_slots, slot_len, kv_heads, head_dim)`. Viewed flat as
+# `(num_slots * slot_len, kv_heads, head_dim)`, token `p` of the sequence in slot `s` lives at row
+# `s * slot_len + p`: its *cache index*. The engine computes one index per token of the step (the
+# *slot mapping*) and each layer writes all its new keys and values with one indexed copy.
+
+# %%
+class SlotCache:
+    def __init__(self, config: ModelConfig, num_slots: int, slot_len: int, device, dtype):
+        shape = (config.num_hidden_layers, num_slots, slot_len, config.num_key_value_heads, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.num_slots, self.slot_len = num_slots, slot_len
+        self.free_slots = list(range(num_slots - 1, -1, -1))
+
+    def allocate(self, seq: Sequence, n: int) -> bool:
+        if seq.slot < 0:
+            if not self.free_slots:
+                return False
+            seq.slot = self.free_slots.pop()
+        return True
+
+    def free(self, seq: Sequence):
+        self.free_slots.append(seq.slot)
+        seq.slot = -1
+
+    def cache_index(self, seq: Sequence, positions: range) -> list[int]:
+        return [seq.slot * self.slot_len + p for p in positions]
+
+    def memory(self, running: list[Sequence]) -> tuple[int, int]:
+        """(tokens reserved, tokens holding K, V): the slots of running sequences against their contents."""
+        return len(running) * self.slot_len, sum(s.num_cached for s in running)
+
+
+# %% [markdown]
+# ## Attention over a packed batch
+#
+# The flat batch holds decode tokens first (one per sequence), then prompt chunks. Each layer writes
+# the new `k`, `v` at their cache indices, then attends:
+#
+# * **the reference** (`attention="reference"`): a loop, one `causal_attention` per chunk over its
+#   slot. Plain, obviously right, and slow on a GPU: one small kernel per sequence per layer.
+# * **batched decode** (the default): all decode tokens in one `scaled_dot_product_attention` call over
+#   the slot tensor *as it is* (a view, no copy), each slot masked to its own length. Grouped-query
+#   attention costs nothing extra: the `G = heads / kv_heads` query heads that share a KV head become
+#   `G` query rows of that head. Prompt chunks, a few per step, keep the per-chunk loop.
+
+# %%
+@dataclass
+class Batch:
+    """One step's inputs, as the model and the attention object need them."""
+
+    chunks: list[Chunk]
+    ids: torch.Tensor  # (T,) token ids, decode tokens first
+    positions: torch.Tensor  # (T,)
+    cache_index: torch.Tensor  # (T,) where each token's K, V go
+    logits_at: torch.Tensor  # (S,) the flat index of each sampling chunk's last token
+    num_decode: int  # the first num_decode tokens are decode tokens, one per sequence
+    decode_seq_lens: torch.Tensor  # (num_decode,) context length incl. the new token
+    decode_rows: torch.Tensor  # (num_decode,) chapter 3: each decode sequence's slot
+    sampled: list[Sequence] = field(default_factory=list)  # who gets a token, in logits_at order
+
+
+class PackedAttention:
+    """The attention object of chapter 3: the slot cache plus the current batch's layout."""
+
+    def __init__(self, cache: SlotCache, reference: bool):
+        self.cache, self.reference, self.batch = cache, reference, None
+
+    def __call__(self, layer: int, q, k, v):
+        c, b = self.cache, self.batch
+        k_flat, v_flat = c.k[layer].flatten(0, 1), c.v[layer].flatten(0, 1)  # (slots*slot_len, Hkv, D)
+        k_flat.index_copy_(0, b.cache_index, k)
+        v_flat.index_copy_(0, b.cache_index, v)
+        out = torch.empty_like(q)
+        d = 0 if self.reference else b.num_decode
+        if d:
+            out[:d] = self.decode(layer, q[:d])
+        offset = d
+        for ch in b.chunks[d:]:  # prompt chunks (and, for the reference, decode tokens too): one by one
+            rows = c.cache_index(ch.seq, range(ch.start + ch.n))
+            rows = torch.tensor(rows, device=q.device)
+            out[offset:offset + ch.n] = causal_attention(q[offset:offset + ch.n], k_flat[rows], v_flat[rows], ch.start)
+            offset += ch.n
+        return out
+
+    def decode(self, layer, q):
+        """All decode tokens at once over the slots they live in. q: (B, H, D) -> (B, H, D)."""
+        c, b = self.cache, self.batch
+        B, H, D = q.shape
+        Hkv = c.k.shape[-2]
+        S = int(b.decode_seq_lens.max())  # no slot needs more columns than its longest member
+        k = c.k[layer, :, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view of the whole cache
+        v = c.v[layer, :, :S].transpose(1, 2)
+        qs = q.new_zeros(c.num_slots, Hkv, H // Hkv, D)
+        qs[b.decode_rows] = q.view(B, Hkv, H // Hkv, D)  # query heads grouped under their KV head
+        lens = torch.zeros(c.num_slots, dtype=torch.long, device=q.device)
+        lens[b.decode_rows] = b.decode_seq_lens
+        mask = torch.arange(S, device=q.device)[None, :] < lens.clamp(min=1)[:, None]  # (slots, S)
+        out = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask[:, None, None, :])  # (slots, Hkv, G, D)
+        return out[b.decode_rows].reshape(B, H, D)
+
+
+# %% [markdown]
+# ## The engine: schedule, prepare, forward, sample, update
+#
+# One step is five small functions. Chapter 5 will overlap them; here each waits for the one before.
+
+# %%
+class ContinuousEngine:
+    name = "ch03 continuous"
+
+    def __init__(self, model, max_batch_tokens: int = 2048, max_seqs: int = 256, attention: str = "batched",
+                 progress: bool = False):
+        if max_batch_tokens < 1 or max_seqs < 1:
+            raise ValueError(f"max_batch_tokens and max_seqs must be at least 1, got {max_batch_tokens}, {max_seqs}")
+        if attention not in ("batched", "reference"):
+            raise ValueError(f"attention must be 'batched' or 'reference', got {attention!r}")
+        self.model, self.config, self.device = model, model.config, model.device
+        self.max_batch_tokens, self.max_seqs, self.progress = max_batch_tokens, max_seqs, progress
+        self.reference = attention == "reference"
+
+    def make_cache(self, requests: list[Request]):
+        slot_len = max(max_total_len(r, self.config) for r in requests)
+        num_slots = min(self.max_seqs, len(requests))
+        return SlotCache(self.config, num_slots, slot_len, self.device, self.model.dtype)
+
+    def generate(self, requests: list[Request]) -> Completions:
+        validate_requests(requests, self.config)
+        self.cache = self.make_cache(requests) if requests else None
+        self.attention = PackedAttention(self.cache, self.reference)
+        self.scheduler = Scheduler(self.cache, self.max_batch_tokens, self.max_seqs)
+        self.sampler = Sampler(requests, self.device)
+        self.clock = Clock(self.device)
+        self.trace: list[dict] = []  # one entry per step, for the figures
+        completions = [Completion(arrival=r.arrival_time) for r in requests]
+        arrivals = deque(sorted(range(len(requests)), key=lambda i: requests[i].arrival_time))
+        with token_progress(sum(r.max_new_tokens for r in requests), self.name, self.progress) as self.advance:
+            while arrivals or self.scheduler.has_work():
+                while arrivals and requests[arrivals[0]].arrival_time <= self.clock.now():
+                    i = arrivals.popleft()
+                    r = requests[i]
+                    self.scheduler.add(Sequence(i, r, completions[i], list(r.prompt_ids), max_total_len(r, self.config)))
+                if not self.scheduler.has_work():  # idle until the next request arrives
+                    time.sleep(max(0.0, requests[arrivals[0]].arrival_time - self.clock.now()))
+                    continue
+                self.step()
+        return Completions(completions, stats=self.summary())
+
+    def step(self):
+        chunks = self.scheduler.schedule()
+        batch = self.prepare(chunks)
+        logits = self.forward(batch)
+        tokens = self.sampler(logits, [s.index for s in batch.sampled]).tolist()  # the CPU waits here
+        self.update(batch, tokens)
+
+    def prepare(self, chunks: list[Chunk]) -> Batch:
+        """Python lists -> one flat batch of tensors on the device."""
+        ids, positions, index, logits_at, sampled = [], [], [], [], []
+        for ch in chunks:
+            span = range(ch.start, ch.start + ch.n)
+            ids += ch.seq.tokens[ch.start:ch.start + ch.n]
+            positions += span
+            index += self.cache.cache_index(ch.seq, span)
+            if ch.samples:
+                logits_at.append(len(ids) - 1)
+                sampled.append(ch.seq)
+        decode = [ch.seq for ch in chunks if ch.seq.decoding]
+        t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        return Batch(chunks, t(ids), t(positions), t(index), t(logits_at), len(decode),
+                     t([len(s.tokens) for s in decode]), t([s.slot for s in decode]), sampled)
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> torch.Tensor:
+        self.attention.batch = batch
+        return self.model(batch.ids, batch.positions, self.attention, logits_at=batch.logits_at)
+
+    def update(self, batch: Batch, tokens: list[int]):
+        """Advance every chunk; give each sampling sequence its token; retire the finished."""
+        reserved, used = self.cache.memory(self.scheduler.running)
+        now = self.clock.now()
+        self.trace.append({"t": now, "tokens": len(batch.ids), "decode": batch.num_decode,
+                           "running": len(self.scheduler.running), "kv_reserved": reserved, "kv_used": used})
+        for ch in batch.chunks:
+            ch.seq.num_cached += ch.n
+        for seq, token in zip(batch.sampled, tokens):
+            c = seq.completion
+            c.tokens.append(token)
+            c.token_times.append(now)
+            seq.tokens.append(token)
+            self.advance(1)
+            c.finish_reason = finish_reason(seq.request, c, self.config) or ""
+            if c.finish_reason:
+                self.scheduler.finish(seq)
+
+    def summary(self) -> dict:
+        tr = self.trace
+        reserved = sum(s["kv_reserved"] for s in tr)
+        return {"steps": len(tr), "kv_utilisation": sum(s["kv_used"] for s in tr) / max(reserved, 1),
+                "mean_batch_tokens": sum(s["tokens"] for s in tr) / max(len(tr), 1),
+                "kv_bytes_per_token": self.config.kv_bytes_per_token, "trace": tr}
+
+
+def generate(model, requests: list[Request], **options) -> Completions:
+    """Chapter 3's engine. Options: max_batch_tokens, max_seqs, attention ('batched'|'reference'), progress."""
+    return ContinuousEngine(model, **options).generate(requests)
+
+
+# %% [markdown]
+# ## The check: the same tokens as chapter 1
+#
+# On a workload with arrivals, one-token prompts, prompts longer than the budget and duplicates, both
+# attention paths give chapter 1's greedy tokens exactly (float32, CPU).
+
+# %%
+def check_against_chapter1(model, requests: list[Request], **options) -> int:
+    from chapters import ch01_naive
+
+    ours = generate(model, requests, **options)
+    for i, (a, b) in enumerate(zip(ours, ch01_naive.generate(model, requests))):
+        assert a.tokens == b.tokens, f"request {i} differs from chapter 1"
+    return sum(len(c.tokens) for c in ours)
+
+
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt import from_config, get_workload
+
+    demo_model = from_config("tiny")
+    demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
+    print(f"{check_against_chapter1(demo_model, demo, max_batch_tokens=64)} tokens equal chapter 1's")
+
+# %% [markdown]
+# ## The measurement
+#
+# `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests. Besides
+# throughput, look at `kv_utilisation`: the share of the reserved slot memory that held keys and values,
+# averaged over the run. A slot is as long as the longest request may grow, and a request uses its full
+# length only at its very last step, so on W1 most of the reserved memory holds nothing.
+#
+# ## Exercises
+#
+# 1. Set `--max-batch-tokens 16` and watch the steps count grow: every prompt is now prefilled in chunks.
+#    Do the tokens change? (They must not.)
+# 2. Give W1-small's requests arrival times 10 ms apart. How does TTFT compare with chapter 2's?
+# 3. Run with `--attention reference` on a GPU. How much slower is a kernel per sequence per layer?
+
+# %%
+OPTIONS = {"max_batch_tokens": (int, 2048, "token budget per step"),
+           "max_seqs": (int, 256, "most sequences running at once (cache slots)"),
+           "attention": (str, "batched", "'batched' (one call for all decode tokens) or 'reference'")}
+
+
+def main(argv=None):
+    from minigpt.cli import run_chapter
+
+    results = run_chapter("ch03_continuous", argv, OPTIONS)
+    for r in results:
+        if "kv_utilisation" in r.extra:
+            print(f"{r.chapter}: {r.extra['steps']} steps, {r.extra['mean_batch_tokens']:.0f} tokens a step, "
+                  f"KV memory reserved but used: {r.extra['kv_utilisation']:.0%}")
+
+
+if __name__ == "__main__" and "get_ipython" not in globals():
+    main()

@@ -1,0 +1,92 @@
+"""Chapters 2 and 3 give chapter 1's tokens (and so transformers') on workloads that take every path."""
+import pytest
+import torch
+
+import minigpt
+from chapters import ch01_naive, ch02_padded, ch03_continuous
+from minigpt import Request
+from minigpt.reference import hf_greedy
+from tests.conftest import mixed_requests
+
+ENGINES = {
+    "ch02 batch 4": (ch02_padded, dict(batch_size=4)),
+    "ch02 batch 1": (ch02_padded, dict(batch_size=1)),
+    "ch03 batched": (ch03_continuous, dict(max_batch_tokens=64, max_seqs=3)),
+    "ch03 reference": (ch03_continuous, dict(max_batch_tokens=64, max_seqs=3, attention="reference")),
+    "ch03 budget 1": (ch03_continuous, dict(max_batch_tokens=1, max_seqs=8)),
+    "ch03 roomy": (ch03_continuous, dict(max_batch_tokens=4096, max_seqs=64)),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return minigpt.from_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def workload(model):
+    """Every path: 1-token prompts, prompts longer than the budget, max_new_tokens 1, duplicates,
+    more requests than fit at once, arrivals mid-run."""
+    requests = mixed_requests(model.config.vocab_size)
+    requests += minigpt.get_workload("W1-small").requests(model.config.vocab_size, 10)
+    for i, r in enumerate(requests[-5:]):
+        r.arrival_time = 0.02 * (i + 1)
+    return requests
+
+
+@pytest.fixture(scope="module")
+def reference_tokens(model, workload):
+    return [c.tokens for c in ch01_naive.generate(model, workload)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_greedy_tokens_equal_chapter1(engine, model, workload, reference_tokens):
+    module, options = ENGINES[engine]
+    completions = module.generate(model, workload, **options)
+    assert [c.tokens for c in completions] == reference_tokens
+    assert all(c.finish_reason == "length" for c in completions)
+    assert all(c.token_times[0] >= r.arrival_time for c, r in zip(completions, workload))
+
+
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous])
+def test_equal_transformers_on_a_loaded_checkpoint(module, hf_checkpoint):
+    path, hf = hf_checkpoint
+    model = minigpt.load_pretrained(path)
+    requests = mixed_requests(256, seed=3)
+    for r, c in zip(requests, module.generate(model, requests)):
+        assert c.tokens == hf_greedy(hf, r)
+
+
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous])
+def test_sampled_tokens_do_not_depend_on_batch_mates(module, model):
+    r = Request([3, 4, 5], max_new_tokens=20, temperature=0.9, top_p=0.95, seed=11)
+    alone = ch01_naive.generate(model, [r])[0].tokens
+    others = [Request(list(range(1, 30)), 25, temperature=1.0, seed=2), Request([7], 5)]
+    assert module.generate(model, others + [r])[-1].tokens == alone
+
+
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous])
+@pytest.mark.parametrize("bad,message", [(Request([], 5), "prompt_ids is empty"),
+                                         (Request([1, 99999], 5), "outside the vocabulary"),
+                                         (Request([1], 0), "max_new_tokens"),
+                                         (Request([1] * 5000, 1), "context holds")])
+def test_bad_input(module, bad, message, model):
+    with pytest.raises(ValueError, match=f"request 1: .*{message}"):
+        module.generate(model, [Request([1], 2), bad])
+
+
+def test_padding_waste_is_measured(model, workload):
+    stats = ch02_padded.generate(model, workload, batch_size=8).stats
+    assert 0.2 < stats["prefill_waste"] < 0.95 and 0 < stats["decode_waste"] < 1
+
+
+def test_chunked_prefill_and_memory_trace(model):
+    requests = [Request(list(range(100)), 5), Request([1, 2], 30)]
+    stats = ch03_continuous.generate(model, requests, max_batch_tokens=16).stats
+    assert max(s["tokens"] for s in stats["trace"]) <= 16
+    assert stats["steps"] >= 100 // 16 + 4  # the prompt took several steps
+    assert 0 < stats["kv_utilisation"] < 1
+
+
+def test_empty_request_list(model):
+    assert ch03_continuous.generate(model, []) == [] and ch02_padded.generate(model, []) == []
