@@ -87,8 +87,8 @@ class Chunk:
 #
 # Two queues: `waiting` (arrived, not started) and `running`. Every step, in this order:
 #
-# 1. every running sequence gets its next chunk: 1 token when decoding, else as much of its prompt as
-#    the budget has left;
+# 1. every running sequence, oldest first, gets its next chunk: 1 token when decoding, else as much of
+#    its prompt as the budget has left;
 # 2. waiting sequences join while the budget lasts and the cache has room (`allocate`).
 #
 # `allocate(seq, n)` asks the cache for room for `n` more tokens. Here a slot holds a request's whole
@@ -109,9 +109,9 @@ class Scheduler:
 
     def schedule(self) -> list[Chunk]:
         budget, chunks = self.max_batch_tokens, []
-        for seq in sorted(self.running, key=lambda s: not s.decoding):  # decodes first, then prompt chunks
+        for seq in list(self.running):  # oldest first
             n = min(len(seq.tokens) - seq.num_cached, budget)
-            if n > 0 and seq in self.running and self.allocate(seq, n):
+            if n > 0 and seq in self.running and self.allocate(seq, n):  # (chapter 4 may preempt in the loop)
                 chunks.append(Chunk(seq, seq.num_cached, n))
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
@@ -164,6 +164,10 @@ class SlotCache:
     def cache_index(self, seq: Sequence, positions: range) -> list[int]:
         return [seq.slot * self.slot_len + p for p in positions]
 
+    def decode_layout(self, seqs: list[Sequence]) -> list:
+        """Where each decoding sequence's keys live, for the decode attention: here, its slot."""
+        return [s.slot for s in seqs]
+
     def memory(self, running: list[Sequence]) -> tuple[int, int]:
         """(tokens reserved, tokens holding K, V): the slots of running sequences against their contents."""
         return len(running) * self.slot_len, sum(s.num_cached for s in running)
@@ -194,7 +198,8 @@ class Batch:
     logits_at: torch.Tensor  # (S,) the flat index of each sampling chunk's last token
     num_decode: int  # the first num_decode tokens are decode tokens, one per sequence
     decode_seq_lens: torch.Tensor  # (num_decode,) context length incl. the new token
-    decode_rows: torch.Tensor  # (num_decode,) chapter 3: each decode sequence's slot
+    decode_rows: torch.Tensor  # where each decode sequence's K, V live: chapter 3 its slot (num_decode,)
+    prefill_rows: list[torch.Tensor]  # per chunk attention loops over, cache indices of positions 0 .. start+n-1
     sampled: list[Sequence] = field(default_factory=list)  # who gets a token, in logits_at order
 
 
@@ -214,10 +219,9 @@ class PackedAttention:
         if d:
             out[:d] = self.decode(layer, q[:d])
         offset = d
-        for ch in b.chunks[d:]:  # prompt chunks (and, for the reference, decode tokens too): one by one
-            rows = c.cache_index(ch.seq, range(ch.start + ch.n))
-            rows = torch.tensor(rows, device=q.device)
-            out[offset:offset + ch.n] = causal_attention(q[offset:offset + ch.n], k_flat[rows], v_flat[rows], ch.start)
+        for ch, rows in zip(b.chunks[d:], b.prefill_rows):  # prompt chunks (reference: all chunks)
+            q_ch = q[offset:offset + ch.n]
+            out[offset:offset + ch.n] = causal_attention(q_ch, k_flat[rows], v_flat[rows], ch.start)
             offset += ch.n
         return out
 
@@ -262,11 +266,20 @@ class ContinuousEngine:
         num_slots = min(self.max_seqs, len(requests))
         return SlotCache(self.config, num_slots, slot_len, self.device, self.model.dtype)
 
+    def make_attention(self):
+        return PackedAttention(self.cache, self.reference)
+
+    def make_scheduler(self):
+        return Scheduler(self.cache, self.max_batch_tokens, self.max_seqs)
+
+    def admit(self, seq: Sequence):
+        self.scheduler.add(seq)
+
     def generate(self, requests: list[Request]) -> Completions:
         validate_requests(requests, self.config)
         self.cache = self.make_cache(requests) if requests else None
-        self.attention = PackedAttention(self.cache, self.reference)
-        self.scheduler = Scheduler(self.cache, self.max_batch_tokens, self.max_seqs)
+        self.attention = self.make_attention()
+        self.scheduler = self.make_scheduler()
         self.sampler = Sampler(requests, self.device)
         self.clock = Clock(self.device)
         self.trace: list[dict] = []  # one entry per step, for the figures
@@ -277,7 +290,7 @@ class ContinuousEngine:
                 while arrivals and requests[arrivals[0]].arrival_time <= self.clock.now():
                     i = arrivals.popleft()
                     r = requests[i]
-                    self.scheduler.add(Sequence(i, r, completions[i], list(r.prompt_ids), max_total_len(r, self.config)))
+                    self.admit(Sequence(i, r, completions[i], list(r.prompt_ids), max_total_len(r, self.config)))
                 if not self.scheduler.has_work():  # idle until the next request arrives
                     time.sleep(max(0.0, requests[arrivals[0]].arrival_time - self.clock.now()))
                     continue
@@ -293,19 +306,22 @@ class ContinuousEngine:
 
     def prepare(self, chunks: list[Chunk]) -> Batch:
         """Python lists -> one flat batch of tensors on the device."""
-        ids, positions, index, logits_at, sampled = [], [], [], [], []
+        ids, positions, index, logits_at, sampled, context = [], [], [], [], [], []
         for ch in chunks:
             span = range(ch.start, ch.start + ch.n)
             ids += ch.seq.tokens[ch.start:ch.start + ch.n]
             positions += span
             index += self.cache.cache_index(ch.seq, span)
+            if self.reference or not ch.seq.decoding:  # the chunks attention loops over
+                context.append(self.cache.cache_index(ch.seq, range(ch.start + ch.n)))
             if ch.samples:
                 logits_at.append(len(ids) - 1)
                 sampled.append(ch.seq)
         decode = [ch.seq for ch in chunks if ch.seq.decoding]
         t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        prefill_rows = t(sum(context, [])).split([len(c) for c in context])  # one copy, then views
         return Batch(chunks, t(ids), t(positions), t(index), t(logits_at), len(decode),
-                     t([len(s.tokens) for s in decode]), t([s.slot for s in decode]), sampled)
+                     t([len(s.tokens) for s in decode]), t(self.cache.decode_layout(decode)), prefill_rows, sampled)
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -314,12 +330,12 @@ class ContinuousEngine:
 
     def update(self, batch: Batch, tokens: list[int]):
         """Advance every chunk; give each sampling sequence its token; retire the finished."""
+        for ch in batch.chunks:
+            ch.seq.num_cached += ch.n
         reserved, used = self.cache.memory(self.scheduler.running)
         now = self.clock.now()
         self.trace.append({"t": now, "tokens": len(batch.ids), "decode": batch.num_decode,
                            "running": len(self.scheduler.running), "kv_reserved": reserved, "kv_used": used})
-        for ch in batch.chunks:
-            ch.seq.num_cached += ch.n
         for seq, token in zip(batch.sampled, tokens):
             c = seq.completion
             c.tokens.append(token)

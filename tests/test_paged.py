@@ -1,0 +1,119 @@
+"""Chapter 4: the allocator's invariants, preemption that changes no token, the paged kernel (GPU)."""
+import random
+
+import pytest
+import torch
+
+import minigpt
+from chapters import ch01_naive, ch04_paged
+from chapters.ch03_continuous import Sequence
+from chapters.ch04_paged import PagedCache, PagedEngine, paged_decode_reference
+from minigpt import Completion, Request
+from tests.conftest import cuda, mixed_requests
+
+
+@pytest.fixture(scope="module")
+def model():
+    return minigpt.from_config("tiny")
+
+
+def seq(i, n_tokens):
+    return Sequence(i, Request([1] * n_tokens, 1), Completion(), [1] * n_tokens, n_tokens + 1)
+
+
+def test_allocator_all_or_nothing_and_no_double_free(model):
+    cache = PagedCache(model.config, num_blocks=4, block_size=4, device="cpu", dtype=torch.float32)
+    a, b = seq(0, 10), seq(1, 10)
+    assert cache.allocate(a, 10) and cache.tables[0] == [0, 1, 2]
+    assert not cache.allocate(b, 10) and 1 not in cache.tables  # needs 3, 1 free: nothing taken
+    assert cache.allocate(b, 4) and len(cache.free_blocks) == 0
+    assert cache.cache_index(a, range(3, 6)) == [3, 4 * 1 + 0, 4 * 1 + 1]
+    cache.free(a)
+    cache.free(a)  # a second free of the same sequence frees nothing more
+    assert sorted(cache.free_blocks) == [0, 1, 2] and cache.ref_count == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_workloads_with_preemption_leak_nothing(seed, model):
+    rng = random.Random(seed)
+    requests = [Request([rng.randrange(1024) for _ in range(rng.randint(1, 40))], rng.randint(1, 30),
+                        arrival_time=rng.choice([0.0, 0.0, 0.01 * i])) for i in range(12)]
+    block_size = rng.choice([1, 4, 8])
+    largest = max(-(-(len(r.prompt_ids) + r.max_new_tokens) // block_size) for r in requests)
+    engine = PagedEngine(model, num_blocks=largest + rng.randint(0, 4), block_size=block_size,
+                         max_batch_tokens=rng.choice([8, 32, 512]))
+    completions = engine.generate(requests)
+    assert [c.tokens for c in completions] == [c.tokens for c in ch01_naive.generate(model, requests)]
+    cache = engine.cache
+    assert sorted(cache.free_blocks) == list(range(cache.num_blocks)), "blocks leaked"
+    assert all(r == 0 for r in cache.ref_count) and not cache.tables
+    assert engine.scheduler.preemptions > 0
+
+
+def test_tiny_pool_queues_and_preempts_yet_equals_chapter1(model):
+    requests = mixed_requests(model.config.vocab_size) + minigpt.get_workload("W1-small").requests(1024, 8)
+    ours = ch04_paged.generate(model, requests, num_blocks=14, block_size=16, max_batch_tokens=64)
+    assert ours.stats["preemptions"] > 0
+    assert [c.tokens for c in ours] == [c.tokens for c in ch01_naive.generate(model, requests)]
+
+
+def test_request_that_never_fits_fails_alone(model):
+    requests = [Request([1, 2, 3], 10), Request(list(range(100)), 100), Request([4], 10)]
+    out = ch04_paged.generate(model, requests, num_blocks=8, block_size=8)
+    assert out[1].finish_reason == "error" and "raise num_blocks" in out[1].error and out[1].tokens == []
+    reference = ch01_naive.generate(model, [requests[0], requests[2]])
+    assert [out[0].tokens, out[2].tokens] == [c.tokens for c in reference]
+
+
+def test_reference_decode_equals_per_sequence_attention():
+    from minigpt.attention import causal_attention
+
+    g = torch.Generator().manual_seed(0)
+    blocks, bs, Hkv, D, H = 20, 4, 2, 8, 4
+    k_pool, v_pool = torch.randn(blocks, bs, Hkv, D, generator=g), torch.randn(blocks, bs, Hkv, D, generator=g)
+    tables = torch.randperm(blocks, generator=g)[:12].view(3, 4)
+    lens = torch.tensor([5, 16, 1])
+    q = torch.randn(3, H, D, generator=g)
+    out = paged_decode_reference(q, k_pool, v_pool, tables, lens)
+    for b in range(3):
+        k = k_pool[tables[b]].flatten(0, 1)[: lens[b]]
+        v = v_pool[tables[b]].flatten(0, 1)[: lens[b]]
+        assert torch.allclose(out[b], causal_attention(q[b:b + 1], k, v, lens[b] - 1)[0], atol=1e-5)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,H,Hkv,bs,max_len,dtype", [
+    (1, 4, 2, 16, 7, torch.float32), (5, 16, 8, 16, 300, torch.bfloat16), (33, 32, 8, 1, 100, torch.float16),
+    (3, 8, 8, 32, 2000, torch.bfloat16), (256, 16, 8, 16, 1100, torch.bfloat16), (2, 28, 4, 8, 5000, torch.float32),
+])
+def test_triton_kernel_equals_reference(B, H, Hkv, bs, max_len, dtype):
+    from chapters.ch04_paged import paged_decode_triton
+
+    g = torch.Generator(device="cuda").manual_seed(B)
+    D = 128
+    lens = torch.randint(1, max_len + 1, (B,), device="cuda", generator=g)
+    width = (max_len + bs - 1) // bs
+    blocks = B * width + 3
+    k_pool = torch.randn(blocks, bs, Hkv, D, device="cuda", dtype=dtype, generator=g)
+    v_pool = torch.randn(blocks, bs, Hkv, D, device="cuda", dtype=dtype, generator=g)
+    tables = torch.randperm(blocks, device="cuda", generator=g)[: B * width].view(B, width)
+    q = torch.randn(B, H, D, device="cuda", dtype=dtype, generator=g)
+    ref = paged_decode_reference(q.float(), k_pool.float(), v_pool.float(), tables, lens)
+    for splits in (None, 1, 3):
+        out = paged_decode_triton(q, k_pool, v_pool, tables, lens, splits=splits)
+        tol = 2e-3 if dtype == torch.float32 else 3e-2
+        assert out.dtype == dtype and torch.allclose(out.float(), ref, atol=tol, rtol=tol), (out.float() - ref).abs().max()
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("chapter", ["ch02_padded", "ch03_continuous", "ch04_paged"])
+def test_gpu_float32_tokens_equal_chapter1(chapter):
+    import importlib
+
+    model = minigpt.from_config("tiny", device="cuda")
+    requests = mixed_requests(model.config.vocab_size) + minigpt.get_workload("W1-small").requests(1024, 12)
+    options = {"ch04_paged": dict(num_blocks=30, max_batch_tokens=128)}.get(chapter, {})
+    ours = importlib.import_module(f"chapters.{chapter}").generate(model, requests, **options)
+    assert [c.tokens for c in ours] == [c.tokens for c in ch01_naive.generate(model, requests)]
