@@ -214,8 +214,10 @@ class PackedAttention:
         k_flat, v_flat = c.k[layer].flatten(0, 1), c.v[layer].flatten(0, 1)  # (slots*slot_len, Hkv, D)
         k_flat.index_copy_(0, b.cache_index, k)
         v_flat.index_copy_(0, b.cache_index, v)
-        out = torch.empty_like(q)
         d = 0 if self.reference else b.num_decode
+        if d == len(q):  # decode tokens only
+            return self.decode(layer, q)
+        out = torch.empty_like(q)
         if d:
             out[:d] = self.decode(layer, q[:d])
         offset = d
@@ -286,16 +288,23 @@ class ContinuousEngine:
         completions = [Completion(arrival=r.arrival_time) for r in requests]
         arrivals = deque(sorted(range(len(requests)), key=lambda i: requests[i].arrival_time))
         with token_progress(sum(r.max_new_tokens for r in requests), self.name, self.progress) as self.advance:
-            while arrivals or self.scheduler.has_work():
+            while arrivals or self.has_work():
                 while arrivals and requests[arrivals[0]].arrival_time <= self.clock.now():
                     i = arrivals.popleft()
                     r = requests[i]
                     self.admit(Sequence(i, r, completions[i], list(r.prompt_ids), max_total_len(r, self.config)))
-                if not self.scheduler.has_work():  # idle until the next request arrives
+                if not self.has_work():  # idle until the next request arrives
                     time.sleep(max(0.0, requests[arrivals[0]].arrival_time - self.clock.now()))
                     continue
                 self.step()
+        self.finish_run()
         return Completions(completions, stats=self.summary())
+
+    def finish_run(self):
+        """Nothing is left in flight in a synchronous engine (chapter 5's is another story)."""
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
 
     def step(self):
         chunks = self.scheduler.schedule()

@@ -164,7 +164,7 @@ def paged_decode_reference(q, k_pool, v_pool, tables, seq_lens):
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride_tb"])  # the table width changes step to step: no recompiles
     def _paged_decode_kernel(Q, K, V, Tables, SeqLens, Out, M, L, scale,
                              stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb,
                              stride_ob, stride_oh, stride_os,

@@ -23,6 +23,7 @@ class ModelConfig:
     qk_norm: bool = False  # Qwen3: RMSNorm on each head of q and k
     attention_bias: bool = False  # Qwen2: bias on the q, k, v projections
     eos_token_id: list[int] = field(default_factory=list)
+    initializer_range: float = 0.02  # std of random weights (from_config)
     name: str = "custom"
 
     def __post_init__(self):
@@ -50,11 +51,12 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # ~1M parameters: the CPU default, runs every chapter in seconds.
+    # ~1M parameters: the CPU default, runs every chapter in seconds. Untied embeddings and larger random
+    # weights: otherwise a random model mostly repeats its last token, and tests on such output catch little.
     "tiny": ModelConfig(
         name="tiny", vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
-        rope_theta=10000.0, tie_word_embeddings=True, qk_norm=True,
+        rope_theta=10000.0, tie_word_embeddings=False, qk_norm=True, initializer_range=0.1,
     ),
     # The shape of Qwen/Qwen3-0.6B.
     "qwen3-0.6b": ModelConfig(

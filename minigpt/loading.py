@@ -29,7 +29,7 @@ def _empty_model(config: ModelConfig, device, dtype) -> Transformer:
 
 def from_config(preset_or_config: str | ModelConfig, seed: int = 0, device="cpu",
                 dtype: torch.dtype = torch.float32) -> Transformer:
-    """A model of this shape with seeded random weights (normal, std 0.02; norms at 1)."""
+    """A model of this shape with seeded random weights (normal, std `initializer_range`; norms at 1)."""
     config = get_config(preset_or_config)
     model = _empty_model(config, device, dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -37,7 +37,7 @@ def from_config(preset_or_config: str | ModelConfig, seed: int = 0, device="cpu"
         if name.endswith("norm.weight"):
             nn.init.ones_(p)
         else:
-            nn.init.normal_(p, std=0.02, generator=gen)
+            nn.init.normal_(p, std=config.initializer_range, generator=gen)
     return model
 
 

@@ -20,7 +20,7 @@ def tiny_hf_model(arch: str, **overrides):
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, tie_word_embeddings=False))
     elif arch == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=False))
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 torch.nn.init.normal_(p, std=0.5)
