@@ -56,7 +56,7 @@ from minigpt.attention import causal_attention
 # yields that sequence's next token.
 
 # %%
-@dataclass
+@dataclass(eq=False)  # compared by identity: `seq in running` must not compare token lists
 class Sequence:
     index: int  # the request's place in the list given to generate()
     request: Request
@@ -199,8 +199,25 @@ class Batch:
     num_decode: int  # the first num_decode tokens are decode tokens, one per sequence
     decode_seq_lens: torch.Tensor  # (num_decode,) context length incl. the new token
     decode_rows: torch.Tensor  # where each decode sequence's K, V live: chapter 3 its slot (num_decode,)
-    prefill_rows: list[torch.Tensor]  # per chunk attention loops over, cache indices of positions 0 .. start+n-1
+    max_context: int  # the longest decode context
+    prefill_rows: torch.Tensor  # (S,) cache indices of each prompt chunk's positions 0 .. start+n-1, packed
+    prefill_mask: torch.Tensor  # (T - num_decode, S) which of those each prompt token sees
     sampled: list[Sequence] = field(default_factory=list)  # who gets a token, in logits_at order
+
+
+def packed_attention(q, k, v, mask):
+    """q: (T, H, D) over k, v: (S, Hkv, D), mask: (T, S) -> (T, H, D). Heads are repeated for grouped-query
+    attention: PyTorch's fused kernels that take a mask do not take groups."""
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                         attn_mask=mask[None, None])
+    return out[0].transpose(0, 1)
+
+
+def prefill_mask(q_chunk, q_pos, ctx_chunk, ctx_pos):
+    """(T, S): query token i sees context entry j when both belong to the same chunk and j is not later."""
+    return (q_chunk[:, None] == ctx_chunk[None, :]) & (ctx_pos[None, :] <= q_pos[:, None])
 
 
 class PackedAttention:
@@ -220,11 +237,15 @@ class PackedAttention:
         out = torch.empty_like(q)
         if d:
             out[:d] = self.decode(layer, q[:d])
-        offset = d
-        for ch, rows in zip(b.chunks[d:], b.prefill_rows):  # prompt chunks (reference: all chunks)
-            q_ch = q[offset:offset + ch.n]
-            out[offset:offset + ch.n] = causal_attention(q_ch, k_flat[rows], v_flat[rows], ch.start)
-            offset += ch.n
+        k_ctx, v_ctx = k_flat[b.prefill_rows], v_flat[b.prefill_rows]  # every prompt chunk's context, packed
+        if self.reference:  # one chunk at a time
+            t = s = 0
+            for ch in b.chunks:
+                out[t:t + ch.n] = causal_attention(q[t:t + ch.n], k_ctx[s:s + ch.start + ch.n],
+                                                   v_ctx[s:s + ch.start + ch.n], ch.start)
+                t, s = t + ch.n, s + ch.start + ch.n
+        else:  # all prompt chunks in one call, a mask keeping each to its own sequence
+            out[d:] = packed_attention(q[d:], k_ctx, v_ctx, b.prefill_mask)
         return out
 
     def decode(self, layer, q):
@@ -232,7 +253,7 @@ class PackedAttention:
         c, b = self.cache, self.batch
         B, H, D = q.shape
         Hkv = c.k.shape[-2]
-        S = int(b.decode_seq_lens.max())  # no slot needs more columns than its longest member
+        S = b.max_context  # no slot needs more columns than its longest member
         k = c.k[layer, :, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view of the whole cache
         v = c.v[layer, :, :S].transpose(1, 2)
         qs = q.new_zeros(c.num_slots, Hkv, H // Hkv, D)
@@ -315,22 +336,27 @@ class ContinuousEngine:
 
     def prepare(self, chunks: list[Chunk]) -> Batch:
         """Python lists -> one flat batch of tensors on the device."""
-        ids, positions, index, logits_at, sampled, context = [], [], [], [], [], []
-        for ch in chunks:
+        ids, positions, index, logits_at, sampled = [], [], [], [], []
+        q_chunk, ctx_chunk, ctx_pos, rows = [], [], [], []  # prompt chunks: who sees what
+        for j, ch in enumerate(chunks):
             span = range(ch.start, ch.start + ch.n)
             ids += ch.seq.tokens[ch.start:ch.start + ch.n]
             positions += span
             index += self.cache.cache_index(ch.seq, span)
-            if self.reference or not ch.seq.decoding:  # the chunks attention loops over
-                context.append(self.cache.cache_index(ch.seq, range(ch.start + ch.n)))
+            if self.reference or not ch.seq.decoding:  # the chunks that attend through the packed context
+                q_chunk += [j] * ch.n
+                ctx_chunk += [j] * (ch.start + ch.n)
+                ctx_pos += range(ch.start + ch.n)
+                rows += self.cache.cache_index(ch.seq, range(ch.start + ch.n))
             if ch.samples:
                 logits_at.append(len(ids) - 1)
                 sampled.append(ch.seq)
         decode = [ch.seq for ch in chunks if ch.seq.decoding]
         t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
-        prefill_rows = t(sum(context, [])).split([len(c) for c in context])  # one copy, then views
+        mask = prefill_mask(t(q_chunk), t(positions[len(positions) - len(q_chunk):]), t(ctx_chunk), t(ctx_pos))
         return Batch(chunks, t(ids), t(positions), t(index), t(logits_at), len(decode),
-                     t([len(s.tokens) for s in decode]), t(self.cache.decode_layout(decode)), prefill_rows, sampled)
+                     t([len(s.tokens) for s in decode]), t(self.cache.decode_layout(decode)),
+                     max((len(s.tokens) for s in decode), default=0), t(rows), mask, sampled)
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -204,10 +204,23 @@ if triton is not None:
             tl.store(L + ml, l, mask=g < G)
 
 
+SPLITS = (1, 2, 4, 8, 16)  # each a compiled variant of the kernel
+
+
 def decode_splits(batch: int, kv_heads: int) -> int:
     """Enough programs to fill an H200's 132 multiprocessors twice; depends on the batch alone, so that a
     captured CUDA graph (chapter 5) stays valid as contexts grow."""
-    return max(1, min(16, math.ceil(264 / (batch * kv_heads))))
+    want = math.ceil(264 / (batch * kv_heads))
+    return next((s for s in SPLITS if s >= want), SPLITS[-1])
+
+
+def compile_decode_kernel(k_pool, v_pool, num_heads: int):
+    """Compile every variant up front (about half a second each), so that none compiles mid-run."""
+    q = torch.zeros(1, num_heads, k_pool.shape[-1], device=k_pool.device, dtype=k_pool.dtype)
+    tables = torch.zeros(1, 1, dtype=torch.long, device=k_pool.device)
+    lens = torch.ones(1, dtype=torch.long, device=k_pool.device)
+    for splits in SPLITS:
+        paged_decode_triton(q, k_pool, v_pool, tables, lens, splits=splits)
 
 
 def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None = None, block_n: int = 64):
@@ -278,6 +291,8 @@ class PagedEngine(ContinuousEngine):
         return PagedScheduler(self.cache, self.max_batch_tokens, self.max_seqs)
 
     def make_attention(self):  # NEW
+        if triton is not None and self.device.type == "cuda" and not self.reference:
+            compile_decode_kernel(self.cache.k[0], self.cache.v[0], self.config.num_attention_heads)
         return PagedAttention(self.cache, self.reference)
 
     def admit(self, seq: Sequence):  # NEW: a request that can never fit fails alone

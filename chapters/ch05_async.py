@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chapters.ch03_continuous import Batch, Chunk, Sequence
+from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters.ch04_paged import PagedEngine
 from minigpt import Completions, Request, finish_reason, max_total_len
 
@@ -110,9 +110,11 @@ class AsyncBatch(Batch):  # NEW: chapter 3's batch, plus what an overlapped step
     slot: Slot = None
     graph_size: int = 0  # > 0: a decode step padded to this many rows, replayed as a CUDA graph
     sampled_at: list[int] = field(default_factory=list)  # where each sampled token goes in its sequence
-    prefill: list[int] = field(default_factory=list)  # context length of each prompt chunk
-    prefill_which: torch.Tensor = None  # (P,) which chunks are prompt chunks
+    prefill: list[tuple[int, int]] = field(default_factory=list)  # (tokens, context) of each prompt chunk
     tables: torch.Tensor = None  # (chunks, width) every chunk's block table; decode_rows is the first rows
+    lens: torch.Tensor = None  # (chunks,) every chunk's context length
+    n: torch.Tensor = None  # (chunks,) every chunk's number of tokens
+    prefill_which: torch.Tensor = None  # (P,) which chunks are prompt chunks
     events: tuple = ()  # CUDA events (start, end) around its GPU work
     host_times: dict = field(default_factory=dict)  # when the CPU did what, for the timeline
 
@@ -131,6 +133,8 @@ class AsyncEngine(PagedEngine):
     def __init__(self, model, use_async: bool = True, cuda_graphs: bool = True, max_graph_batch: int = 256,
                  jitter: float = 0.0, **options):
         super().__init__(model, **options)
+        if self.reference:
+            raise ValueError("chapter 5 runs the batched attention only; use chapter 4 for attention='reference'")
         self.use_async, self.jitter = use_async, jitter  # jitter: random delays that shake races out (tests)
         self.cuda = self.device.type == "cuda"
         self.use_graphs = cuda_graphs and self.cuda
@@ -153,7 +157,7 @@ class AsyncEngine(PagedEngine):
         self.compute, self.copy_in, self.copy_out = ((torch.cuda.Stream(self.device) if self.cuda else None)
                                                      for _ in range(3))
         rows = max(self.max_batch_tokens, self.max_seqs, max(self.graph_sizes))
-        self.capacity = 4 * rows + rows * (1 + self.width)
+        self.capacity = rows * (8 + self.width)  # eight fields of at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
         self.in_flight: list[AsyncBatch] = []
         self.steps = 0
@@ -171,7 +175,7 @@ class AsyncEngine(PagedEngine):
         self.steps += 1
         decode_only = all(ch.seq.decoding and ch.seq.request.temperature == 0 for ch in chunks)
         size = next((b for b in self.graph_sizes if b >= len(chunks)), 0) if decode_only else 0
-        ids, positions, index, carry, logits_at, lens, sampled, sampled_at = [], [], [], [], [], [], [], []
+        ids, positions, index, carry, logits_at, lens, ns, sampled, sampled_at = [], [], [], [], [], [], [], [], []
         for ch in chunks:
             seq = ch.seq
             self.sync_table(seq)
@@ -182,6 +186,7 @@ class AsyncEngine(PagedEngine):
             positions += range(ch.start, ch.start + ch.n)
             index += self.cache.cache_index(seq, range(ch.start, ch.start + ch.n))
             lens.append(ch.start + ch.n)
+            ns.append(ch.n)
             if ch.samples:
                 logits_at.append(len(ids) - 1)
                 sampled.append(seq)
@@ -190,9 +195,9 @@ class AsyncEngine(PagedEngine):
         if size:  # pad to the graph's size with rows that write to the scratch block and are never read
             pad = size - len(chunks)
             ids, positions, index, carry = ids + [0] * pad, positions + [0] * pad, index + [0] * pad, carry + [-1] * pad
-            logits_at, lens = list(range(size)), lens + [1] * pad
+            logits_at, lens, ns = list(range(size)), lens + [1] * pad, ns + [1] * pad
         which = [j for j, ch in enumerate(chunks) if not ch.seq.decoding]  # prompt chunks
-        fields = [ids, positions, index, carry, logits_at, lens, which]
+        fields = [ids, positions, index, carry, logits_at, lens, ns, which]
         slot.copied.synchronize()  # hazard 5: the previous copy out of this pinned buffer is done
         offsets = self.pack(slot, fields, rows, size or len(chunks))
         # Hazard 1: the step that last read this slot's device buffer must be done before we overwrite it.
@@ -215,7 +220,7 @@ class AsyncEngine(PagedEngine):
         """Write the fields, then the block tables of `rows` (requests), into the slot's pinned buffer;
         return each field's (offset, length)."""
         offsets, at = {}, 0
-        for name, values in zip(("ids", "positions", "index", "carry", "logits_at", "lens", "which"), fields):
+        for name, values in zip(("ids", "positions", "index", "carry", "logits_at", "lens", "n", "which"), fields):
             slot.host[at:at + len(values)] = torch.tensor(values, dtype=torch.long)
             offsets[name] = (at, len(values))
             at += len(values)
@@ -231,11 +236,12 @@ class AsyncEngine(PagedEngine):
         view = {k: slot.device[o:o + n] for k, (o, n) in offsets.items()}
         tables = view["tables"].view(-1, self.width)
         num_decode = size or sum(ch.seq.decoding for ch in chunks)
-        prefill = [ch.start + ch.n for ch in chunks if not ch.seq.decoding]  # their context lengths
+        prompt = [ch for ch in chunks if not ch.seq.decoding]
         return AsyncBatch(chunks, view["ids"], view["positions"], view["index"], view["logits_at"], num_decode,
-                          view["lens"][:num_decode], tables[:num_decode], [], sampled, carry_src=view["carry"],
-                          slot=slot, graph_size=size, sampled_at=sampled_at, prefill=prefill, tables=tables,
-                          prefill_which=view["which"])
+                          view["lens"][:num_decode], tables[:num_decode], 0, None, None, sampled,
+                          carry_src=view["carry"], slot=slot, graph_size=size, sampled_at=sampled_at,
+                          prefill=[(ch.n, ch.start + ch.n) for ch in prompt], tables=tables, lens=view["lens"],
+                          n=view["n"], prefill_which=view["which"])
 
     # ----- launch: the GPU's part of a step, queued without waiting --------------------------------------
     @torch.inference_mode()
@@ -251,7 +257,7 @@ class AsyncEngine(PagedEngine):
             if batch.graph_size and self.use_graphs:
                 self.graphs[(batch.graph_size, self.slots.index(slot))].replay()  # hazard 6: inputs in place
             else:  # eager; on the CPU, padded decode steps too, so the tests run the graphs' padded layout
-                batch.prefill_rows = self.context_rows(batch)
+                batch.prefill_rows, batch.prefill_mask = self.prefill_layout(batch)
                 self.forward_and_sample(batch, slot, previous, greedy=batch.graph_size > 0)
             end.record()
             slot.consumed.record()
@@ -262,14 +268,20 @@ class AsyncEngine(PagedEngine):
             slot.fetched.record()
         batch.events = (start, end)
 
-    def context_rows(self, batch: AsyncBatch) -> list[torch.Tensor]:
-        """Cache indices of positions 0..n-1 for each prompt chunk, computed on the GPU from its table."""
+    def prefill_layout(self, batch: AsyncBatch):
+        """Chapter 3's packed prompt context (cache rows, mask), built on the GPU from the tables and lengths
+        already copied over: no list crosses to the device outside the slot's one copy."""
         if not batch.prefill:
-            return []
-        pos = torch.arange(max(batch.prefill), device=self.device)
-        tables = batch.tables[batch.prefill_which]  # (P, width)
-        rows = tables[:, pos // self.block_size] * self.block_size + pos % self.block_size  # (P, max n)
-        return [rows[i, :n] for i, n in enumerate(batch.prefill)]
+            return None, None
+        num_chunks, tokens, context = len(batch.prefill), sum(n for n, _ in batch.prefill), sum(c for _, c in batch.prefill)
+        which, bs = batch.prefill_which, self.block_size
+        chunk = torch.arange(num_chunks, device=self.device)
+        ctx_len = batch.lens[which]
+        ctx_chunk = torch.repeat_interleave(chunk, ctx_len, output_size=context)  # (S,) sizes known: no sync
+        ctx_pos = torch.arange(context, device=self.device) - (ctx_len.cumsum(0) - ctx_len)[ctx_chunk]
+        rows = batch.tables[which][ctx_chunk, ctx_pos // bs] * bs + ctx_pos % bs
+        q_chunk = torch.repeat_interleave(chunk, batch.n[which], output_size=tokens)
+        return rows, prefill_mask(q_chunk, batch.positions[batch.num_decode:], ctx_chunk, ctx_pos)
 
     def forward_and_sample(self, batch: AsyncBatch, slot: Slot, previous: Slot, greedy: bool):
         # Hazard 2: placeholders take the token the previous step sampled into its output row.
@@ -288,7 +300,7 @@ class AsyncEngine(PagedEngine):
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.graph_sizes):
             for i, slot in enumerate(self.slots):
-                fields = [[0] * size, [0] * size, [0] * size, [-1] * size, list(range(size)), [1] * size, []]
+                fields = [[0] * size, [0] * size, [0] * size, [-1] * size, list(range(size)), [1] * size, [1] * size, []]
                 offsets = self.pack(slot, fields, [], size)  # every row: the scratch block
                 slot.device[: sum(offsets["tables"])].copy_(slot.host[: sum(offsets["tables"])])
                 batch = self.batch_views(slot, [], offsets, [], [], size)
