@@ -169,7 +169,7 @@ if triton is not None:
                              stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb,
                              stride_ob, stride_oh, stride_os,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr):
         b, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         seq_len = tl.load(SeqLens + b)
         per_split = tl.cdiv(tl.cdiv(seq_len, SPLITS), BLOCK_N) * BLOCK_N
@@ -186,13 +186,13 @@ if triton is not None:
             rows = (block * stride_kb + (n % BLOCK_SIZE) * stride_ks + kv_head * stride_kh)[:, None] + d[None, :]
             k = tl.load(K + rows, mask=(n < hi)[:, None], other=0.0)  # (BLOCK_N, D)
             v = tl.load(V + rows, mask=(n < hi)[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # (BLOCK_G, BLOCK_N)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # (BLOCK_G, BLOCK_N)
             s = tl.where((n < hi)[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
             l = l * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
         if SPLITS == 1:  # one part: normalise here and write the output in q's dtype
             acc = acc / l[:, None]
@@ -238,6 +238,7 @@ def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None 
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2), tables.stride(0),
         acc.stride(0), acc.stride(1), acc.stride(2),
         G=G, BLOCK_G=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=bs, BLOCK_N=block_n, SPLITS=splits,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # float32 stays float32 (no TF32 rounding)
     )
     if splits == 1:
         return acc[:, :, 0]

@@ -157,7 +157,7 @@ class AsyncEngine(PagedEngine):
         self.compute, self.copy_in, self.copy_out = ((torch.cuda.Stream(self.device) if self.cuda else None)
                                                      for _ in range(3))
         rows = max(self.max_batch_tokens, self.max_seqs, max(self.graph_sizes))
-        self.capacity = rows * (8 + self.width)  # eight fields of at most `rows` each, then the tables
+        self.capacity = (rows + 1) * (8 + self.width)  # eight fields of at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
         self.in_flight: list[AsyncBatch] = []
         self.steps = 0
@@ -223,7 +223,7 @@ class AsyncEngine(PagedEngine):
         for name, values in zip(("ids", "positions", "index", "carry", "logits_at", "lens", "n", "which"), fields):
             slot.host[at:at + len(values)] = torch.tensor(values, dtype=torch.long)
             offsets[name] = (at, len(values))
-            at += len(values)
+            at += len(values) + len(values) % 2  # 16-byte aligned fields: Triton compiles one variant, not two
         tables = slot.host[at:at + num_rows * self.width].view(num_rows, self.width)
         tables[:len(rows)] = self.tables[rows]  # one gather, not a Python loop over 30k entries
         tables[len(rows):] = 0
