@@ -3,6 +3,7 @@
     python -m chapters.bench                        # CPU: W1-small, every chapter, in seconds
     python -m chapters.bench --device cuda --workload W1 --subset ch01_naive=16 --out figures/h200_w1.json
     python -m chapters.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
+    python -m chapters.bench report                 # figures/*.png and the README's results, from the JSON
 """
 from __future__ import annotations
 
@@ -101,10 +102,109 @@ def bench_attention(argv):
         Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
 
 
+# ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+# W1 results, oldest first: a chapter's row comes from the last file that measured it.
+W1_FILES = ["h200_w1_ch02.json", "h200_w1_ch03.json", "h200_w1_ch01.json", "h200_w1.json"]
+CHAPTER_ROWS = [  # (result label, row name, idea)
+    ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
+    ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
+    ("ch03_continuous", "ch03_continuous", "ragged batches, token budget, chunked prefill"),
+    ("ch04_paged", "ch04_paged", "paged KV cache, Triton paged attention, preemption"),
+    ("ch05_async@use_async=false", "ch05_async (sync)", "ch05's engine, synchronous: graphs, no overlap"),
+    ("ch05_async", "ch05_async", "streams + events, carry-over, CUDA graphs"),
+]
+
+
+def load(name: str) -> dict:
+    return json.loads((FIGURES / name).read_text())
+
+
+def w1_results() -> dict:
+    """label -> (result dict, file name, command)"""
+    latest = {}
+    for f in W1_FILES:
+        data = load(f)
+        for r in data["results"]:
+            latest[r["chapter"]] = (r, f, data["command"])
+    return latest
+
+
+def report(argv):
+    from minigpt import plots
+
+    latest, ref = w1_results(), load("reference_h200.json")
+    rows = [(row, latest[label][0]) for label, row, _ in CHAPTER_ROWS if label in latest]
+    ladder_rows = [(name, r["tokens_per_s"], f"{r['num_requests']} req" if r["num_requests"] < 256 else "")
+                   for name, r in rows]
+    plots.ladder(ladder_rows, {"W1 floor (KV bytes / copy bandwidth)": ref["w1_floor_tokens_per_s"],
+                               "transformers CB sync (DESIGN.md)": ref["transformers_continuous_batching_sync_tokens_per_s"],
+                               "transformers CB async (DESIGN.md)": ref["transformers_continuous_batching_async_tokens_per_s"]},
+                 FIGURES / "ladder_w1.png", "W1 on one H200 (qwen3-0.6b shape, bf16): output tokens/s")
+    ch02 = latest["ch02_padded"][0]
+    plots.padding_waste(ch02["extra"], FIGURES / "padding_waste_w1.png",
+                        f"ch02 on W1 ({ch02['num_requests']} requests, batches of 16): wasted slots")
+    ch03, ch04 = latest["ch03_continuous"][0], latest["ch04_paged"][0]
+    plots.kv_memory({"ch03 slots": ch03["extra"]["trace"], "ch04 blocks": ch04["extra"]["trace"]},
+                    ch03["extra"]["kv_bytes_per_token"], FIGURES / "kv_memory_w1.png",
+                    "KV memory over W1 on the H200: reserved vs holding keys")
+    plots.occupancy(ch03["extra"]["trace"], FIGURES / "occupancy_w1.png", "ch03 on W1: batch occupancy per step")
+    sync_w1, async_w1 = latest["ch05_async@use_async=false"][0], latest["ch05_async"][0]
+    plots.async_timeline({"sync": sync_w1["extra"]["timeline"], "async": async_w1["extra"]["timeline"]},
+                         FIGURES / "async_timeline_w1.png", "ch05 on W1, decode steps 500-519, one H200", first=500)
+    w2 = {r["chapter"]: r for r in load("h200_w2short.json")["results"]}
+    plots.async_timeline({"sync": w2["ch05_async@use_async=false"]["extra"]["timeline"],
+                          "async": w2["ch05_async"]["extra"]["timeline"]},
+                         FIGURES / "async_timeline_w2short.png", "ch05 on W2-short (llama3-8b shape), steps 500-519",
+                         first=500)
+    write_readme_results(rows, latest, w2)
+    console.print(f"wrote figures and README results from {', '.join(W1_FILES)}, h200_w2short.json")
+
+
+def write_readme_results(rows, latest, w2):
+    ideas = {row: idea for _, row, idea in CHAPTER_ROWS}
+    lines = ["| chapter | idea | script | notebook | H200 output tokens/s on W1 | gain over the previous | requests run |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    prev = None
+    for name, r in rows:
+        module = name.split(" ")[0]
+        script = f"python -m chapters.{module}" + (" --no-use-async" if "sync)" in name else "")
+        gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
+        lines.append(f"| {name} | {ideas[name]} | `{script}` | [notebook](chapters/{module}.ipynb) "
+                     f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 |")
+        prev = r["tokens_per_s"]
+    lines += ["", "W2-short (llama3-8b shape, 32 requests x 1024 new tokens), the seed article's experiment, shortened:", "",
+              "| ch05 engine | wall s | output tokens/s | GPU busy, whole run | GPU busy, decode phase |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for label, name in (("ch05_async@use_async=false", "sync"), ("ch05_async", "async")):
+        r = w2[label]
+        lines.append(f"| {name} | {r['wall_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['extra']['gpu_busy']:.1%} "
+                     f"| {r['extra']['decode_gpu_busy']:.1%} |")
+    env = load("h200_w1.json")["environment"]
+    lines += ["", "Test configuration: " + ", ".join(f"{k} {v}" for k, v in env.items()) +
+              "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
+              "Every number above comes from these commands, run on the H200 with `--out $OUT/...` and the file "
+              "saved under `figures/` as named:", ""]
+    seen = []
+    for _, (r, f, command) in latest.items():
+        if (f, command) not in seen:
+            seen.append((f, command))
+    seen.append(("h200_w2short.json", load("h200_w2short.json")["command"]))
+    lines += [f"- `{f}`: `{c}`" for f, c in seen]
+    readme = Path(FIGURES.parent / "README.md")
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    readme.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["attention"]:
         return bench_attention(argv[1:])
+    if argv[:1] == ["report"]:
+        return report(argv[1:])
     return run_chapters(argv)
 
 

@@ -1,0 +1,98 @@
+"""The figures, drawn from measured results (never from typed numbers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def ladder(rows: list[tuple[str, float, str]], references: dict, path, title: str):
+    """Output tokens/s per chapter, log scale; rows: (label, tokens/s, note); references: label -> tokens/s."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    labels = [r[0] for r in rows]
+    bars = ax.bar(labels, [r[1] for r in rows], color=["#9ab" if "(sync)" in r[0] else "#357" for r in rows])
+    for bar, (_, v, note) in zip(bars, rows):
+        ax.annotate(f"{v:,.0f}" + (f"\n({note})" if note else ""), (bar.get_x() + bar.get_width() / 2, v),
+                    ha="center", va="bottom", fontsize=7)
+    for (name, value), style in zip(references.items(), ["-", "--", ":", "-."]):
+        ax.axhline(value, color="#c44" if "floor" in name else "#888", linestyle=style, linewidth=1)
+        ax.annotate(f"{name}: {value:,.0f}", (len(rows) - 0.5, value), ha="right", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("output tokens / s")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, path)
+
+
+def padding_waste(stats: dict, path, title: str):
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    parts = [("prefill", stats["prefill_slots"], stats["prefill_pad"]),
+             ("decode", stats["decode_slots"], stats["decode_idle"])]
+    for i, (name, total, waste) in enumerate(parts):
+        ax.barh(i, total - waste, color="#357", label="real tokens" if i == 0 else None)
+        ax.barh(i, waste, left=total - waste, color="#db8", label="padding / finished rows" if i == 0 else None)
+        ax.annotate(f"{waste / total:.0%} wasted", (total, i), ha="right", va="center", fontsize=8)
+    ax.set_yticks(range(len(parts)), [p[0] for p in parts])
+    ax.set_xlabel("token slots computed")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def kv_memory(traces: dict[str, list[dict]], bytes_per_token: int, path, title: str):
+    """KV memory reserved and actually holding keys, over each run (GB, at bytes_per_token)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for (name, trace), color in zip(traces.items(), ["#c63", "#357", "#393"]):
+        t = [s["t"] for s in trace]
+        ax.plot(t, [s["kv_reserved"] * bytes_per_token / 1e9 for s in trace], color=color, linestyle="--",
+                label=f"{name}: reserved")
+        ax.plot(t, [s["kv_used"] * bytes_per_token / 1e9 for s in trace], color=color, label=f"{name}: used")
+    ax.set_xlabel("seconds into the run")
+    ax.set_ylabel("KV cache, GB")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def occupancy(trace: list[dict], path, title: str):
+    """Tokens per step and running sequences, step by step."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot([s["tokens"] for s in trace], color="#357", linewidth=0.8, label="tokens in the step")
+    ax.plot([s["running"] for s in trace], color="#c63", linewidth=0.8, label="sequences running")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def async_timeline(runs: dict[str, list[dict]], path, title: str, first: int, steps: int = 20):
+    """CPU and GPU lanes over `steps` consecutive steps of each run, one panel per run (sync above async)."""
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 1.9 * len(runs)), sharex=True)
+    for ax, (name, timeline) in zip(axes, runs.items()):
+        window = timeline[first:first + steps]
+        t0 = window[0]["start"]
+        for s in window:
+            ax.broken_barh([(s["start"] - t0, s["prepared"] - s["start"])], (2, 0.8), color="#db8")
+            ax.broken_barh([(s["prepared"] - t0, s["launched"] - s["prepared"])], (2, 0.8), color="#c63")
+            ax.broken_barh([(s["launched"] - t0, s["resolved"] - s["launched"])], (1, 0.8), color="#ccc")
+            ax.broken_barh([(s["gpu_start"] - t0, s["gpu_end"] - s["gpu_start"])], (0, 0.8), color="#357")
+        span = window[-1]["gpu_end"] - window[0]["gpu_start"]
+        busy = sum(s["gpu_end"] - s["gpu_start"] for s in window)
+        ax.set_yticks([0.4, 1.4, 2.4], ["GPU", "CPU waits", "CPU works"], fontsize=8)
+        ax.set_title(f"{name}: GPU busy {busy / span:.0%} of these {steps} steps", fontsize=9, loc="left")
+    axes[-1].set_xlabel("seconds (schedule+prepare: sand, launch: red, waiting for tokens: grey, GPU step: blue)",
+                        fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
