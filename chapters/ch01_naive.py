@@ -190,5 +190,7 @@ def main(argv=None):
     run_chapter("ch01_naive", argv)
 
 
-if __name__ == "__main__" and "get_ipython" not in globals():
+if __name__ == "__main__" and "get_ipython" not in globals():  # python -m chapters.<this chapter>
     main()
+elif __name__ == "__main__":  # in a notebook: a small run beside the chapters before this one
+    main(["--requests", "8", "--compare", "--no-progress"])

@@ -448,5 +448,7 @@ def main(argv=None):
                   f"KV memory reserved but used: {r.extra['kv_utilisation']:.0%}")
 
 
-if __name__ == "__main__" and "get_ipython" not in globals():
+if __name__ == "__main__" and "get_ipython" not in globals():  # python -m chapters.<this chapter>
     main()
+elif __name__ == "__main__":  # in a notebook: a small run beside the chapters before this one
+    main(["--requests", "8", "--compare", "--no-progress"])
