@@ -113,15 +113,15 @@ class NaiveEngine:
         completions = [Completion(arrival=r.arrival_time) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
         total = sum(r.max_new_tokens for r in requests)
-        with token_progress(total, "ch01 naive", self.progress) as advance:
+        with token_progress(total, "ch01 naive", self.progress) as emit:
             for i in order:
                 wait = requests[i].arrival_time - clock.now()
                 if wait > 0:  # the request has not arrived yet
                     time.sleep(wait)
-                self.generate_one(i, requests[i], completions[i], sampler, clock, advance)
+                self.generate_one(i, requests[i], completions[i], sampler, clock, emit)
         return completions
 
-    def generate_one(self, i, request, completion, sampler, clock, advance):
+    def generate_one(self, i, request, completion, sampler, clock, emit):
         cache = ContiguousKVCache(self.config, max_total_len(request, self.config),
                                   self.model.device, self.model.dtype)
         logits = prefill(self.model, cache, request.prompt_ids)
@@ -129,7 +129,7 @@ class NaiveEngine:
             token = int(sampler(logits, [i])[0])  # .item(): the CPU waits for the GPU here, every token
             completion.tokens.append(token)
             completion.token_times.append(clock.now())
-            advance(1)
+            emit(i, token)
             completion.finish_reason = finish_reason(request, completion, self.config) or ""
             if completion.finish_reason:
                 return
@@ -137,7 +137,7 @@ class NaiveEngine:
 
 
 def generate(model, requests: list[Request], **options) -> list[Completion]:
-    """Chapter 1's engine: one request at a time. Options: progress (bool)."""
+    """Chapter 1's engine: one request at a time. Options: progress (a bar, or a function (i, token))."""
     return NaiveEngine(model, **options).generate(requests)
 
 

@@ -107,19 +107,19 @@ class PaddedEngine:
         sampler = Sampler(requests, self.model.device)
         completions = [Completion(arrival=r.arrival_time) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
-        with token_progress(sum(r.max_new_tokens for r in requests), "ch02 padded", self.progress) as advance:
+        with token_progress(sum(r.max_new_tokens for r in requests), "ch02 padded", self.progress) as emit:
             for b in range(0, len(order), self.batch_size):
                 batch = order[b:b + self.batch_size]
                 wait = max(requests[i].arrival_time for i in batch) - clock.now()
                 if wait > 0:  # a static batch starts when its last member has arrived
                     time.sleep(wait)
-                self.run_batch(batch, requests, completions, sampler, clock, advance)
+                self.run_batch(batch, requests, completions, sampler, clock, emit)
         s = self.stats
         s["prefill_waste"] = s["prefill_pad"] / max(s["prefill_slots"], 1)
         s["decode_waste"] = s["decode_idle"] / max(s["decode_slots"], 1)
         return Completions(completions, stats=s)
 
-    def run_batch(self, batch, requests, completions, sampler, clock, advance):
+    def run_batch(self, batch, requests, completions, sampler, clock, emit):
         device = self.model.device
         prompts = [requests[i].prompt_ids for i in batch]
         P = max(len(p) for p in prompts)
@@ -141,7 +141,7 @@ class PaddedEngine:
                 c = completions[i]
                 c.tokens.append(tokens[row])
                 c.token_times.append(now)
-                advance(1)
+                emit(i, tokens[row])
                 c.finish_reason = finish_reason(requests[i], c, self.config) or ""
                 done[row] = bool(c.finish_reason)
             if all(done):
@@ -155,7 +155,7 @@ class PaddedEngine:
 
 
 def generate(model, requests: list[Request], **options) -> Completions:
-    """Chapter 2's engine: static padded batches. Options: batch_size (int), progress (bool)."""
+    """Chapter 2's engine: static padded batches. Options: batch_size (int), progress (bar or function)."""
     return PaddedEngine(model, **options).generate(requests)
 
 

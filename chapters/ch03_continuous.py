@@ -308,14 +308,15 @@ class ContinuousEngine:
         self.trace: list[dict] = []  # one entry per step, for the figures
         completions = [Completion(arrival=r.arrival_time) for r in requests]
         arrivals = deque(sorted(range(len(requests)), key=lambda i: requests[i].arrival_time))
-        with token_progress(sum(r.max_new_tokens for r in requests), self.name, self.progress) as self.advance:
+        with token_progress(sum(r.max_new_tokens for r in requests), self.name, self.progress) as self.emit:
             while arrivals or self.has_work():
                 while arrivals and requests[arrivals[0]].arrival_time <= self.clock.now():
                     i = arrivals.popleft()
                     r = requests[i]
                     self.admit(Sequence(i, r, completions[i], list(r.prompt_ids), max_total_len(r, self.config)))
-                if not self.has_work():  # idle until the next request arrives
-                    time.sleep(max(0.0, requests[arrivals[0]].arrival_time - self.clock.now()))
+                if not self.has_work():  # idle until the next request arrives (if one is still to come)
+                    if arrivals:
+                        time.sleep(max(0.0, requests[arrivals[0]].arrival_time - self.clock.now()))
                     continue
                 self.step()
         self.finish_run()
@@ -376,7 +377,7 @@ class ContinuousEngine:
             c.tokens.append(token)
             c.token_times.append(now)
             seq.tokens.append(token)
-            self.advance(1)
+            self.emit(seq.index, token)
             c.finish_reason = finish_reason(seq.request, c, self.config) or ""
             if c.finish_reason:
                 self.scheduler.finish(seq)

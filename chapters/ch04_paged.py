@@ -277,9 +277,11 @@ class PagedEngine(ContinuousEngine):
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
 
     def make_cache(self, requests: list[Request]) -> PagedCache:  # NEW
+        return PagedCache(self.config, self.pool_blocks(requests), self.block_size, self.device, self.model.dtype)
+
+    def pool_blocks(self, requests: list[Request]) -> int:
         need = sum(math.ceil(max_total_len(r, self.config) / self.block_size) for r in requests)
-        num_blocks = self.num_blocks or min(need, self.blocks_that_fit())
-        return PagedCache(self.config, num_blocks, self.block_size, self.device, self.model.dtype)
+        return self.num_blocks or min(need, self.blocks_that_fit())
 
     def blocks_that_fit(self) -> int:
         if self.device.type != "cuda":

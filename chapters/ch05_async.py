@@ -142,6 +142,9 @@ class AsyncEngine(PagedEngine):
         self.rng = random.Random(0)
 
     # ----- one-time setup: scratch block, tables, streams, slots, graphs ---------------------------------
+    def pool_blocks(self, requests) -> int:
+        return super().pool_blocks(requests) + 1  # one more block: scratch space, below
+
     def make_cache(self, requests):
         cache = super().make_cache(requests)
         cache.free_blocks.remove(0)  # block 0 is scratch: padded graph rows write there
@@ -341,7 +344,7 @@ class AsyncEngine(PagedEngine):
             seq.tokens[at] = token
             c.tokens.append(token)
             c.token_times.append(now)
-            self.advance(1)
+            self.emit(seq.index, token)
             c.finish_reason = finish_reason(seq.request, c, self.config) or ""
             if c.finish_reason:
                 self.retire(seq)

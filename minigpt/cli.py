@@ -7,6 +7,7 @@ import shlex
 import sys
 
 import torch
+from rich.markup import escape
 
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer
@@ -95,11 +96,23 @@ def measure(name, model, requests, workload, args, options, label: str = "") -> 
 
 
 def run_text(chapter, model, tokenizer, args, options):
+    """Generate from text prompts; with one prompt, print the text as it is produced."""
     if tokenizer is None:
         raise SystemExit("--prompt needs --model DIR with a tokenizer in the folder")
     requests = [Request(tokenizer(p)["input_ids"] or [tokenizer.bos_token_id or 0], max_new_tokens=args.max_new_tokens)
                 for p in args.prompt]
-    completions = chapter_module(chapter).generate(model, requests, **options)
+    stream = len(requests) == 1
+    streamed: list[int] = []
+
+    def print_new_text(i, token):
+        before = tokenizer.decode(streamed)
+        streamed.append(token)
+        console.print(tokenizer.decode(streamed)[len(before):], end="", soft_wrap=True, highlight=False, markup=False)
+
+    if stream:
+        console.print(args.prompt[0], end="", style="bold", highlight=False, markup=False)
+    completions = chapter_module(chapter).generate(model, requests, progress=print_new_text if stream else False, **options)
     for p, c in zip(args.prompt, completions):
-        console.print(f"[bold]{p}[/bold]{tokenizer.decode(c.tokens)}  [dim]({c.finish_reason})[/dim]")
+        text = "" if stream else escape(p + tokenizer.decode(c.tokens))
+        console.print(text + f"  [dim]({c.finish_reason}, {len(c.tokens)} tokens)[/dim]", highlight=False)
     return []

@@ -105,13 +105,19 @@ def results_table(results: list[RunResult], title: str) -> Table:
 
 
 @contextmanager
-def token_progress(total: int, description: str, enabled: bool = True):
-    """A rich progress bar counting output tokens; yields `advance(n)`."""
-    if not enabled:
-        yield lambda n=1: None
+def token_progress(total: int, description: str, progress=True):
+    """Yields `emit(request_index, token)`, which the engine calls as each output token becomes known.
+
+    `progress`: True shows a rich progress bar counting tokens; a function (request_index, token) is
+    called instead (to stream text); False does nothing."""
+    if callable(progress):
+        yield progress
+        return
+    if not progress:
+        yield lambda i, token: None
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("tokens"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda i, token: bar.advance(task, 1)

@@ -48,3 +48,24 @@ def test_book_main_job_runs():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "ch05_async" in run.stdout
+
+
+def test_text_in_and_out_with_a_local_checkpoint(tmp_path):
+    """--model DIR --prompt TEXT: the tokenizer in the folder turns text into ids and back."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import tiny_hf_model
+
+    tiny_hf_model("llama").save_pretrained(tmp_path)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0").save_pretrained(tmp_path)
+    for chapter, prompts in (("ch05_async", ["w1 w2 w3"]), ("ch03_continuous", ["w7 w8", "w9"])):
+        args = [a for p in prompts for a in ("--prompt", p)]
+        run = subprocess.run([sys.executable, "-m", f"chapters.{chapter}", "--model", str(tmp_path), *args,
+                              "--max-new-tokens", "5"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        assert all(p in run.stdout for p in prompts)
+        assert run.stdout.count("(length, 5 tokens)") + run.stdout.count("(stop, ") == len(prompts)  # EOS may come first
+        assert "w" in run.stdout.split(prompts[0])[1]  # generated words follow the prompt

@@ -117,3 +117,14 @@ def test_gpu_float32_tokens_equal_chapter1(chapter):
     options = {"ch04_paged": dict(num_blocks=30, max_batch_tokens=128)}.get(chapter, {})
     ours = importlib.import_module(f"chapters.{chapter}").generate(model, requests, **options)
     assert [c.tokens for c in ours] == [c.tokens for c in ch01_naive.generate(model, requests)]
+
+
+@pytest.mark.parametrize("chapter", ["ch04_paged", "ch05_async"])
+def test_only_failing_requests_and_a_single_request_on_the_default_pool(chapter, model):
+    import importlib
+
+    generate = importlib.import_module(f"chapters.{chapter}").generate
+    out = generate(model, [Request(list(range(100)), 100)], num_blocks=2, block_size=8)
+    assert out[0].finish_reason == "error"
+    alone = generate(model, [Request([1, 2, 3], 5)])  # the default pool is sized to exactly what it needs
+    assert alone[0].tokens == ch01_naive.generate(model, [Request([1, 2, 3], 5)])[0].tokens
