@@ -166,13 +166,11 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # chapter 1's (and so transformers'), whatever else shares its batch.
 
 # %%
-def check_against_chapter1(model, requests: list[Request], batch_size: int = 4) -> int:
+def check_against_chapter1(model, requests: list[Request], **options) -> int:
     from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
 
-    ours = generate(model, requests, batch_size=batch_size)
-    for i, (a, b) in enumerate(zip(ours, ch01_naive.generate(model, requests))):
-        assert a.tokens == b.tokens, f"request {i} differs from chapter 1"
-    return sum(len(c.tokens) for c in ours)
+    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
 
 
 if __name__ == "__main__" and "get_ipython" in globals():
@@ -180,7 +178,7 @@ if __name__ == "__main__" and "get_ipython" in globals():
 
     demo_model = from_config("tiny")
     demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
-    print(f"{check_against_chapter1(demo_model, demo)} tokens equal chapter 1's")
+    print(f"{check_against_chapter1(demo_model, demo, batch_size=4)} tokens equal chapter 1's")
 
 # %% [markdown]
 # ## The measurement
@@ -204,11 +202,7 @@ OPTIONS = {"batch_size": (int, 16, "requests per static batch")}
 def main(argv=None):
     from minigpt.cli import run_chapter
 
-    results = run_chapter("ch02_padded", argv, OPTIONS)
-    for r in results:
-        if "prefill_waste" in r.extra:
-            print(f"{r.chapter}: padding waste {r.extra['prefill_waste']:.0%} of prefill columns, "
-                  f"{r.extra['decode_waste']:.0%} of decode rows idle")
+    run_chapter("ch02_padded", argv, OPTIONS)
 
 
 if __name__ == "__main__" and "get_ipython" not in globals():  # python -m chapters.<this chapter>

@@ -404,11 +404,9 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # %%
 def check_against_chapter1(model, requests: list[Request], **options) -> int:
     from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
 
-    ours = generate(model, requests, **options)
-    for i, (a, b) in enumerate(zip(ours, ch01_naive.generate(model, requests))):
-        assert a.tokens == b.tokens, f"request {i} differs from chapter 1"
-    return sum(len(c.tokens) for c in ours)
+    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
 
 
 if __name__ == "__main__" and "get_ipython" in globals():
@@ -436,17 +434,14 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %%
 OPTIONS = {"max_batch_tokens": (int, 2048, "token budget per step"),
            "max_seqs": (int, 256, "most sequences running at once (cache slots)"),
-           "attention": (str, "batched", "'batched' (one call for all decode tokens) or 'reference'")}
+           "attention": (str, "batched", "'batched' (one call for all decode tokens; Triton on a GPU from "
+                                         "chapter 4) or 'reference' (a loop over sequences)")}
 
 
 def main(argv=None):
     from minigpt.cli import run_chapter
 
-    results = run_chapter("ch03_continuous", argv, OPTIONS)
-    for r in results:
-        if "kv_utilisation" in r.extra:
-            print(f"{r.chapter}: {r.extra['steps']} steps, {r.extra['mean_batch_tokens']:.0f} tokens a step, "
-                  f"KV memory reserved but used: {r.extra['kv_utilisation']:.0%}")
+    run_chapter("ch03_continuous", argv, OPTIONS)
 
 
 if __name__ == "__main__" and "get_ipython" not in globals():  # python -m chapters.<this chapter>

@@ -39,6 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from chapters import ch03_continuous
 from chapters.ch03_continuous import ContinuousEngine, PackedAttention, Scheduler, Sequence
 from minigpt import Completions, ModelConfig, Request, max_total_len
 
@@ -327,12 +328,9 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # %%
 def check_against_chapter1(model, requests: list[Request], **options) -> int:
     from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
 
-    ours = generate(model, requests, **options)
-    for i, (a, b) in enumerate(zip(ours, ch01_naive.generate(model, requests))):
-        assert a.tokens == b.tokens, f"request {i} differs from chapter 1"
-    print(f"{ours.stats['preemptions']} preemptions on the way")
-    return sum(len(c.tokens) for c in ours)
+    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
 
 
 if __name__ == "__main__" and "get_ipython" in globals():
@@ -359,21 +357,15 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    block, and count the prefill tokens saved on a workload with a shared system prompt.
 
 # %%
-OPTIONS = {"max_batch_tokens": (int, 2048, "token budget per step"),
-           "max_seqs": (int, 256, "most sequences running at once"),
+OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
            "block_size": (int, 16, "tokens per KV block"),
-           "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)"),
-           "attention": (str, "batched", "'batched' (Triton on a GPU) or 'reference'")}
+           "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)")}
 
 
 def main(argv=None):
     from minigpt.cli import run_chapter
 
-    results = run_chapter("ch04_paged", argv, OPTIONS)
-    for r in results:
-        if "kv_utilisation" in r.extra:
-            print(f"{r.chapter}: {r.extra['steps']} steps, KV memory reserved but used: "
-                  f"{r.extra['kv_utilisation']:.0%}, preemptions: {r.extra.get('preemptions', 0)}")
+    run_chapter("ch04_paged", argv, OPTIONS)
 
 
 if __name__ == "__main__" and "get_ipython" not in globals():  # python -m chapters.<this chapter>

@@ -74,6 +74,9 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
         results.append(measure(name, model, subset, workload.name, args, opts))
     console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name}, "
                                          f"{args.device}, {model.dtype}"))
+    for r in results:
+        if line := describe(r):
+            console.print(f"{r.chapter}: {line}", highlight=False)
     if args.out:
         save_results(results, args.out, command="python -m chapters." + chapter + " " + shlex.join(argv or sys.argv[1:]))
     return results
@@ -116,3 +119,19 @@ def run_text(chapter, model, tokenizer, args, options):
         text = "" if stream else escape(p + tokenizer.decode(c.tokens))
         console.print(text + f"  [dim]({c.finish_reason}, {len(c.tokens)} tokens)[/dim]", highlight=False)
     return []
+
+
+def describe(r: RunResult) -> str:
+    """What a chapter measures beside throughput, from its engine's counters."""
+    e, parts = r.extra, []
+    if "prefill_waste" in e:
+        parts.append(f"padding waste {e['prefill_waste']:.0%} of prefill columns, "
+                     f"{e['decode_waste']:.0%} of decode rows idle")
+    if "kv_utilisation" in e:
+        parts.append(f"{e['steps']} steps, {e['mean_batch_tokens']:.0f} tokens a step, "
+                     f"KV memory reserved and used: {e['kv_utilisation']:.0%}")
+    if "preemptions" in e:
+        parts.append(f"preemptions: {e['preemptions']}")
+    if "gpu_busy" in e:
+        parts.append(f"GPU busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
+    return "; ".join(parts)

@@ -39,3 +39,12 @@ def hf_greedy(hf_model, request: Request) -> list[int]:
     out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=request.max_new_tokens,
                             do_sample=False, eos_token_id=eos, pad_token_id=0)
     return out[0, ids.shape[1]:].tolist()
+
+
+def assert_same_tokens(generate, reference, model, requests: list[Request], **options) -> int:
+    """Run `generate` (with options) and `reference` on the same requests; every request's tokens must be
+    equal. Returns the number of tokens compared."""
+    ours, theirs = generate(model, requests, **options), reference(model, requests)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a.tokens == b.tokens, f"request {i}: {a.tokens[:8]}... differs from the reference {b.tokens[:8]}..."
+    return sum(len(c.tokens) for c in ours)
