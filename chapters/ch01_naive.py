@@ -168,6 +168,26 @@ if __name__ == "__main__" and "get_ipython" in globals():  # in a notebook: run 
     print(f"{check_against_transformers(demo_model, demo)} tokens equal transformers' generate()")
 
 # %% [markdown]
+# ## Reading with a real model
+#
+# Point `MODEL_DIR` at a local Hugging Face checkpoint folder (Llama, Qwen2 or Qwen3, with its tokenizer)
+# and the engine speaks text: the prompt is tokenized, and each token is printed as it is produced.
+# From the command line: `python -m chapters.ch01_naive --model DIR --prompt "The capital of France is"`.
+# Nothing is downloaded; with `MODEL_DIR = None` this cell does nothing.
+
+# %%
+MODEL_DIR = None  # e.g. "/models/Qwen3-0.6B"
+
+if __name__ == "__main__" and MODEL_DIR:
+    from minigpt import load_pretrained, load_tokenizer, stream_text
+
+    real_model, tokenizer = load_pretrained(MODEL_DIR), load_tokenizer(MODEL_DIR)
+    prompt = "The capital of France is"
+    print(prompt, end="")
+    # progress= takes a function the engine calls with each token as soon as it is known
+    generate(real_model, [Request(tokenizer(prompt)["input_ids"], max_new_tokens=30)], progress=stream_text(tokenizer))
+
+# %% [markdown]
 # ## The measurement
 #
 # `python -m chapters.ch01_naive` runs the tiny model on `W1-small` on the CPU in seconds;

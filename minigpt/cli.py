@@ -10,7 +10,7 @@ import torch
 from rich.markup import escape
 
 from .engine import Request
-from .loading import from_config, load_pretrained, load_tokenizer
+from .loading import from_config, load_pretrained, load_tokenizer, stream_text
 from .metrics import RunResult, console, results_table, save_results
 from .workloads import get_workload
 
@@ -85,8 +85,10 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
 def measure(name, model, requests, workload, args, options, label: str = "") -> RunResult:
     """Warm up (excluded), then time one run of `name` from the first submit to the last token."""
     generate = chapter_module(name).generate
-    for n in (4, 48):  # small and large batches: every kernel variant compiles here, not in the run
-        warm = [Request(r.prompt_ids[:8], max_new_tokens=4, ignore_eos=True) for r in requests[:n]]
+    # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
+    # paid here, not in the run. (The first H200 runs warmed up with 8-token prompts only; NOTES.md.)
+    for n, prompt_len in ((4, 8), (48, None)):
+        warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
         generate(model, warm, **options)
     completions = generate(model, requests, progress=not args.no_progress, **options)
     # From the engine's start (after its one-time setup: cache allocation, graph capture) to the last token.
@@ -105,16 +107,10 @@ def run_text(chapter, model, tokenizer, args, options):
     requests = [Request(tokenizer(p)["input_ids"] or [tokenizer.bos_token_id or 0], max_new_tokens=args.max_new_tokens)
                 for p in args.prompt]
     stream = len(requests) == 1
-    streamed: list[int] = []
-
-    def print_new_text(i, token):
-        before = tokenizer.decode(streamed)
-        streamed.append(token)
-        console.print(tokenizer.decode(streamed)[len(before):], end="", soft_wrap=True, highlight=False, markup=False)
-
     if stream:
         console.print(args.prompt[0], end="", style="bold", highlight=False, markup=False)
-    completions = chapter_module(chapter).generate(model, requests, progress=print_new_text if stream else False, **options)
+    printer = stream_text(tokenizer, lambda text: console.print(text, end="", highlight=False, markup=False))
+    completions = chapter_module(chapter).generate(model, requests, progress=printer if stream else False, **options)
     for p, c in zip(args.prompt, completions):
         text = "" if stream else escape(p + tokenizer.decode(c.tokens))
         console.print(text + f"  [dim]({c.finish_reason}, {len(c.tokens)} tokens)[/dim]", highlight=False)

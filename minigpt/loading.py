@@ -111,3 +111,17 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def stream_text(tokenizer, write=None):
+    """A per-token callback for an engine's `progress` option that writes each new piece of text as its
+    token arrives (for one request: tokens of several would interleave)."""
+    tokens: list[int] = []
+    write = write or (lambda text: print(text, end="", flush=True))
+
+    def on_token(i: int, token: int):
+        before = tokenizer.decode(tokens)
+        tokens.append(token)
+        write(tokenizer.decode(tokens)[len(before):])  # decode the whole: a word may span tokens
+
+    return on_token
