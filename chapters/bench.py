@@ -63,6 +63,15 @@ def run_chapters(argv):
     console.print(results_table(results, f"{workload.name} on {args.device}: {model.config.name}, {dtype}"))
 
 
+def copy_ceiling(nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in TB/s, counting bytes read and written."""
+    import triton.testing
+
+    x = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * nbytes / triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") / 1e9
+
+
 def bench_attention(argv):
     """Paged decode attention at W1's decode shape: bytes read / time, against the copy ceiling."""
     import triton.testing
@@ -73,11 +82,7 @@ def bench_attention(argv):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     rows = []
-    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    copy_ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
-    ceiling = 2 * x.numel() / copy_ms / 1e9  # TB/s, bytes read + written
-    del x, y
+    ceiling = copy_ceiling()
     for B, ctx, H, Hkv, bs in [(256, 1024, 16, 8, 16), (256, 1024, 16, 8, 64), (32, 8192, 32, 8, 16),
                                (32, 1024, 32, 8, 16), (64, 2048, 16, 8, 16)]:
         D = 128

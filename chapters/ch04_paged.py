@@ -178,9 +178,9 @@ if triton is not None:
         g, d = tl.arange(0, BLOCK_G), tl.arange(0, D)
         heads = kv_head * G + g  # the query heads that share this KV head
         q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g[:, None] < G, other=0.0)
-        m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        l = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, D], tl.float32)
+        m = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max of the scores, per query head
+        denom = tl.zeros([BLOCK_G], tl.float32)  # running sum of exp(score - m)
+        acc = tl.zeros([BLOCK_G, D], tl.float32)  # running sum of exp(score - m) * v
         for start in range(lo, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
             block = tl.load(Tables + b * stride_tb + n // BLOCK_SIZE, mask=n < hi, other=0)
@@ -192,17 +192,17 @@ if triton is not None:
             m_new = tl.maximum(m, tl.max(s, 1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
-            l = l * alpha + tl.sum(p, 1)
+            denom = denom * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
         if SPLITS == 1:  # one part: normalise here and write the output in q's dtype
-            acc = acc / l[:, None]
+            acc = acc / denom[:, None]
         o = Out + b * stride_ob + heads[:, None] * stride_oh + split * stride_os + d[None, :]
         tl.store(o, acc, mask=g[:, None] < G)
         if SPLITS > 1:  # several: keep each part's max and sum, to merge after
             ml = (b * tl.num_programs(1) * G + heads) * SPLITS + split
             tl.store(M + ml, m, mask=g < G)
-            tl.store(L + ml, l, mask=g < G)
+            tl.store(L + ml, denom, mask=g < G)
 
 
 SPLITS = (1, 2, 4, 8, 16)  # each a compiled variant of the kernel
@@ -233,9 +233,9 @@ def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None 
     out_dtype = q.dtype if splits == 1 else torch.float32
     acc = torch.empty(B, H, splits, D, device=q.device, dtype=out_dtype)
     m = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
-    l = torch.empty_like(m)
+    denom = torch.empty_like(m)
     _paged_decode_kernel[(B, Hkv, splits)](
-        q, k_pool, v_pool, tables, seq_lens, acc, m, l, D ** -0.5,
+        q, k_pool, v_pool, tables, seq_lens, acc, m, denom, D ** -0.5,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2), tables.stride(0),
         acc.stride(0), acc.stride(1), acc.stride(2),
         G=G, BLOCK_G=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=bs, BLOCK_N=block_n, SPLITS=splits,
@@ -245,7 +245,7 @@ def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None 
         return acc[:, :, 0]
     # Merge the parts' softmaxes: weights exp(m_i - max m); an empty part (m = -inf) weighs 0.
     w = torch.exp(m - m.amax(-1, keepdim=True)).nan_to_num(0.0)  # (B, H, splits)
-    out = (acc * w[..., None]).sum(2) / (l * w).sum(-1)[..., None]
+    out = (acc * w[..., None]).sum(2) / (denom * w).sum(-1)[..., None]
     return out.to(q.dtype)
 
 

@@ -2,7 +2,6 @@
 import random
 
 import pytest
-import torch
 
 import minigpt
 from chapters import ch01_naive, ch05_async

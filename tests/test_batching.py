@@ -1,6 +1,5 @@
 """Chapters 2 and 3 give chapter 1's tokens (and so transformers') on workloads that take every path."""
 import pytest
-import torch
 
 import minigpt
 from chapters import ch01_naive, ch02_padded, ch03_continuous
