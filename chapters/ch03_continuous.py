@@ -19,14 +19,16 @@
 # requests' decode steps, and what reserving KV memory per request costs.
 #
 # Chapter 2 lost time twice: on pad tokens, and on rows that had finished but had to wait for the
-# batch's slowest member. Both come from the rectangle. Drop it:
+# batch's slowest member (on W1 on the H200, 41% of prefill columns and 46% of decode rows). Both come
+# from the rectangle. Drop it:
 #
 # * **ragged batches**: the model already takes a flat list of tokens. Put every running request's
 #   new tokens in it, back to back: a decoding request brings 1 token, a prefilling one a chunk of its
 #   prompt. No padding at all; attention is told where each sequence starts and ends.
 # * **a scheduler, every step**: finished requests leave, waiting ones join, up to a *token budget*
-#   (`max_batch_tokens`) per step. Decode tokens go first (they are cheap and keep latency low), then
-#   prompt chunks fill what is left: a prompt longer than the budget is prefilled over several steps.
+#   (`max_batch_tokens`) per step. Running requests go first, oldest first (a decoding one costs a
+#   single token), then new ones fill what is left: a prompt longer than the budget is prefilled in
+#   chunks over several steps, beside other requests' decode tokens.
 # * **arrivals**: a request that arrives mid-run joins at the next step.
 #
 # The KV cache becomes a set of *slots*, one row per running request, each as long as the longest
