@@ -68,7 +68,6 @@ PENDING = -1  # a token whose value the GPU has not told us yet
 class NoEvent:
     def record(self, stream=None): ...
     def synchronize(self): ...
-    def query(self): return True  # noqa: E704
 
 
 def new_event(cuda: bool, timing: bool = False):
@@ -94,7 +93,8 @@ def wait(stream, event):
 #
 # * `copied`: the host-to-device copy is done, so the pinned host buffer may be rewritten (hazard 5);
 # * `consumed`: the forward that read the device inputs is done, so the next copy may overwrite them (1);
-# * `fetched`: the sampled tokens reached the host, so the device output may be overwritten (5).
+# * `fetched`: the sampled tokens reached the host, so the device output may be overwritten (1, for
+#   outputs) and the pinned output read.
 
 # %%
 class Slot:
@@ -170,15 +170,16 @@ class AsyncEngine(PagedEngine):
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         t = time.perf_counter()
         if self.use_graphs:
-            self.attention = attention
+            self.attention = attention  # capture runs the model, which calls it
             self.capture_graphs()
         self.setup_s = time.perf_counter() - t
         return attention
 
     # ----- prepare: lists -> one slot's pinned buffer -> device (copy stream) ----------------------------
     def prepare(self, chunks: list[Chunk]) -> AsyncBatch:
-        slot = self.slots[self.steps % 2]
+        slot = self.slots[self.steps % 2]  # step N uses slot N % 2
         self.steps += 1
+        # Greedy decode steps replay a graph (sampling with a seeded generator per request runs eagerly).
         decode_only = all(ch.seq.decoding and ch.seq.request.temperature == 0 for ch in chunks)
         size = next((b for b in self.graph_sizes if b >= len(chunks)), 0) if decode_only else 0
         ids, positions, index, carry, logits_at, lens, ns, sampled, sampled_at = [], [], [], [], [], [], [], [], []
@@ -252,7 +253,8 @@ class AsyncEngine(PagedEngine):
     # ----- launch: the GPU's part of a step, queued without waiting --------------------------------------
     @torch.inference_mode()
     def launch(self, batch: AsyncBatch):
-        slot, previous = batch.slot, self.slots[self.steps % 2]  # steps alternate: the other slot was N-1's
+        slot = batch.slot
+        previous = self.slots[1 - self.slots.index(slot)]  # step N-1's slot: its outputs feed the placeholders
         start, end = new_event(self.cuda, timing=True), new_event(self.cuda, timing=True)
         with on(self.compute):
             wait(self.compute, slot.copied)  # the inputs are on the device
