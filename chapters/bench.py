@@ -3,6 +3,7 @@
     python -m chapters.bench                        # CPU: W1-small, every chapter, in seconds
     python -m chapters.bench --device cuda --workload W1 --subset ch01_naive=16 --out figures/h200_w1.json
     python -m chapters.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
+    python -m chapters.bench memory --out figures/fixed_memory_w1.json   # requests running in a fixed KV memory
     python -m chapters.bench report                 # figures/*.png and the README's results, from the JSON
 """
 from __future__ import annotations
@@ -107,6 +108,39 @@ def bench_attention(argv):
         Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def bench_fixed_memory(argv):
+    """How many requests run at once in the same KV memory: chapter 3's slots against chapter 4's blocks.
+
+    A question of scheduling, not of speed, so it runs anywhere: W1's request lengths, a one-layer tiny model
+    on the CPU by default, and KV memory for `--slots` requests of W1's longest length."""
+    from chapters import ch03_continuous, ch04_paged
+    from minigpt import PRESETS, max_total_len
+
+    p = argparse.ArgumentParser(prog="python -m chapters.bench memory")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    model = from_config(PRESETS["tiny"].with_(num_hidden_layers=1))
+    requests = get_workload("W1").requests(model.config.vocab_size, args.requests)
+    slot_len = max(max_total_len(r, model.config) for r in requests)
+    runs = {"ch03 slots": ch03_continuous.generate(model, requests, max_seqs=args.slots, max_batch_tokens=4096),
+            "ch04 blocks": ch04_paged.generate(model, requests, num_blocks=args.slots * slot_len // args.block_size,
+                                               block_size=args.block_size, max_batch_tokens=4096)}
+    rows = [{"engine": name, "steps": out.stats["steps"], "preemptions": out.stats.get("preemptions", 0),
+             "mean_running": sum(s["running"] for s in out.stats["trace"]) / out.stats["steps"],
+             "max_running": max(s["running"] for s in out.stats["trace"]),
+             "running": [s["running"] for s in out.stats["trace"]]} for name, out in runs.items()]
+    for r in rows:
+        console.print(f"{r['engine']}: {r['mean_running']:.1f} requests running on average (at most "
+                      f"{r['max_running']}), {r['steps']} steps, {r['preemptions']} preemptions")
+    if args.out:
+        data = {"command": "python -m chapters.bench memory " + shlex.join(argv), "environment": environment(),
+                "num_requests": args.requests, "kv_tokens": args.slots * slot_len, "results": rows}
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+
+
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
@@ -162,6 +196,10 @@ def report(argv):
                           "async": w2["ch05_async"]["extra"]["timeline"]},
                          FIGURES / "async_timeline_w2short.png", "ch05 on W2-short (llama3-8b shape), steps 500-519",
                          first=500)
+    memory = load("fixed_memory_w1.json")
+    plots.running_requests({r["engine"]: r["running"] for r in memory["results"]}, FIGURES / "fixed_memory_w1.png",
+                           f"W1's first {memory['num_requests']} requests in the same KV memory "
+                           f"({memory['kv_tokens']:,} tokens): requests running per step")
     write_readme_results(rows, latest, w2)
     console.print(f"wrote figures and README results from {', '.join(W1_FILES)}, h200_w2short.json")
 
@@ -208,6 +246,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["attention"]:
         return bench_attention(argv[1:])
+    if argv[:1] == ["memory"]:
+        return bench_fixed_memory(argv[1:])
     if argv[:1] == ["report"]:
         return report(argv[1:])
     return run_chapters(argv)

@@ -96,3 +96,14 @@ def async_timeline(runs: dict[str, list[dict]], path, title: str, first: int, st
                         fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def running_requests(runs: dict[str, list[int]], path, title: str):
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for (name, running), color in zip(runs.items(), ["#c63", "#357"]):
+        ax.plot(running, color=color, linewidth=0.8, label=f"{name}: {sum(running) / len(running):.1f} on average")
+    ax.set_xlabel("step")
+    ax.set_ylabel("requests running")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
