@@ -302,7 +302,9 @@ class ContinuousEngine:
 
     def generate(self, requests: list[Request]) -> Completions:
         validate_requests(requests, self.config)
-        self.cache = self.make_cache(requests) if requests else None
+        if not requests:
+            return Completions([])
+        self.cache = self.make_cache(requests)
         self.attention = self.make_attention()
         self.scheduler = self.make_scheduler()
         self.sampler = Sampler(requests, self.device)
