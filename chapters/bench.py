@@ -200,16 +200,22 @@ def report(argv):
     plots.running_requests({r["engine"]: r["running"] for r in memory["results"]}, FIGURES / "fixed_memory_w1.png",
                            f"W1's first {memory['num_requests']} requests in the same KV memory "
                            f"({memory['kv_tokens']:,} tokens): requests running per step")
-    write_readme_results(rows, latest, w2)
+    write_readme_results()
     console.print(f"wrote figures and README results from {', '.join(W1_FILES)}, h200_w2short.json")
 
 
-def write_readme_results(rows, latest, w2):
+def results_markdown() -> str:
+    """The README's results section, from the JSON files alone."""
+    latest = w1_results()
+    w2 = {r["chapter"]: r for r in load("h200_w2short.json")["results"]}
     ideas = {row: idea for _, row, idea in CHAPTER_ROWS}
     lines = ["| chapter | idea | script | notebook | H200 output tokens/s on W1 | gain over the previous | requests run |",
              "| --- | --- | --- | --- | ---: | ---: | ---: |"]
     prev = None
-    for name, r in rows:
+    for label, name, _ in CHAPTER_ROWS:
+        if label not in latest:
+            continue
+        r = latest[label][0]
         module = name.split(" ")[0]
         script = f"python -m chapters.{module}" + (" --no-use-async" if "sync)" in name else "")
         gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
@@ -223,8 +229,14 @@ def write_readme_results(rows, latest, w2):
         r = w2[label]
         lines.append(f"| {name} | {r['wall_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['extra']['gpu_busy']:.1%} "
                      f"| {r['extra']['decode_gpu_busy']:.1%} |")
+    cpu = load("cpu_w1small.json")
+    lines += ["", f"On a {cpu['environment']['cpu_count']}-core CPU (torch {cpu['environment']['torch']}), the tiny "
+              "model on W1-small in float32 (`python -m chapters.bench`). With no GPU to overlap with, chapter 5's "
+              "streams and events are no-ops and its bookkeeping is pure cost:", "",
+              "| chapter | output tokens/s | TTFT p50 ms |", "| --- | ---: | ---: |"]
+    lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | {r['ttft_p50_s'] * 1e3:,.0f} |" for r in cpu["results"]]
     env = load("h200_w1.json")["environment"]
-    lines += ["", "Test configuration: " + ", ".join(f"{k} {v}" for k, v in env.items()) +
+    lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items()) +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
               "Every number above comes from these commands, run on the H200 with `--out $OUT/...` and the file "
               "saved under `figures/` as named:", ""]
@@ -232,14 +244,25 @@ def write_readme_results(rows, latest, w2):
     for _, (r, f, command) in latest.items():
         if (f, command) not in seen:
             seen.append((f, command))
-    seen.append(("h200_w2short.json", load("h200_w2short.json")["command"]))
+    seen += [("h200_w2short.json", load("h200_w2short.json")["command"]), ("cpu_w1small.json", cpu["command"])]
     lines += [f"- `{f}`: `{c}`" for f, c in seen]
-    readme = Path(FIGURES.parent / "README.md")
+    return "\n".join(lines)
+
+
+README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+def readme_results(text: str) -> str:
+    """The generated section of the README as it stands."""
+    return text.split(README_MARKERS[0])[1].split(README_MARKERS[1])[0].strip("\n")
+
+
+def write_readme_results():
+    readme = FIGURES.parent / "README.md"
     text = readme.read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    readme.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+    head, rest = text.split(README_MARKERS[0])
+    _, tail = rest.split(README_MARKERS[1])
+    readme.write_text(head + README_MARKERS[0] + "\n" + results_markdown() + "\n" + README_MARKERS[1] + tail)
 
 
 def main(argv=None):

@@ -69,3 +69,10 @@ def test_text_in_and_out_with_a_local_checkpoint(tmp_path):
         assert all(p in run.stdout for p in prompts)
         assert run.stdout.count("(length, 5 tokens)") + run.stdout.count("(stop, ") == len(prompts)  # EOS may come first
         assert "w" in run.stdout.split(prompts[0])[1]  # generated words follow the prompt
+
+
+def test_readme_results_are_generated_from_the_committed_json():
+    from chapters import bench
+
+    readme = (ROOT / "README.md").read_text()
+    assert bench.readme_results(readme) == bench.results_markdown(), "run `python -m chapters.bench report`"
