@@ -218,10 +218,10 @@ class AsyncEngine(PagedEngine):
     def sync_table(self, seq: Sequence):
         """Bring the host copy of `seq`'s block table up to date (between preemptions, blocks are only appended)."""
         table = self.cache.tables[seq.index]
+        # A preempted request gets a new list when it comes back: `is not` catches that.
         if self.table_seen[seq.index] is not table or self.table_len[seq.index] != len(table):
             self.tables[seq.index, :len(table)] = torch.tensor(table)
-            self.table_seen[seq.index], self.table_len[seq.index] = table, len(table)  # a preempted request
-            # gets a new list when it comes back: `is not` catches that
+            self.table_seen[seq.index], self.table_len[seq.index] = table, len(table)
 
     def pack(self, slot: Slot, fields, rows: list[int], num_rows: int) -> dict:
         """Write the fields, then the block tables of `rows` (requests), into the slot's pinned buffer;
@@ -258,7 +258,7 @@ class AsyncEngine(PagedEngine):
         start, end = new_event(self.cuda, timing=True), new_event(self.cuda, timing=True)
         with on(self.compute):
             wait(self.compute, slot.copied)  # the inputs are on the device
-            wait(self.compute, slot.fetched)  # hazard 5: this slot's last tokens have reached the host
+            wait(self.compute, slot.fetched)  # this slot's previous tokens are copied out: its output is free
             if self.jitter and self.cuda:  # tests: a random GPU-side delay
                 torch.cuda._sleep(int(self.rng.random() * self.jitter * 1e9))
             start.record()
