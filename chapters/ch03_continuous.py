@@ -118,6 +118,7 @@ class Scheduler:
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             seq = self.waiting[0]
+            self.cache.reuse_prefix(seq)  # chapter 4 may find the start of its prompt already computed
             n = min(len(seq.tokens) - seq.num_cached, budget)
             if not self.cache.allocate(seq, n):
                 break  # no room: it waits, first in line
@@ -162,6 +163,9 @@ class SlotCache:
     def free(self, seq: Sequence):
         self.free_slots.append(seq.slot)
         seq.slot = -1
+
+    def reuse_prefix(self, seq: Sequence):
+        """Slots share nothing: every prompt is computed in full."""
 
     def cache_index(self, seq: Sequence, positions: range) -> list[int]:
         return [seq.slot * self.slot_len + p for p in positions]

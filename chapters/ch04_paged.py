@@ -52,9 +52,8 @@ except ImportError:  # the CPU wheels of torch come without Triton: the referenc
 # %% [markdown]
 # ## The block pool and its allocator
 #
-# A free list of block ids and a reference count per block (a block could be shared by requests with
-# the same prompt prefix; here each has one owner, and the counts check that no block is freed twice
-# or leaked).
+# A free list of block ids and a reference count per block (a block can be shared by requests with the
+# same prompt prefix, below; the counts also check that no block is freed twice or leaked).
 
 # %%
 class PagedCache:  # NEW: replaces chapter 3's SlotCache
@@ -85,6 +84,9 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
             table.append(block)
         return True
 
+    def reuse_prefix(self, seq: Sequence):
+        """Plain paging shares nothing (PrefixCache, below, does)."""
+
     def free(self, seq: Sequence):
         for block in self.tables.pop(seq.index, []):
             self.ref_count[block] -= 1
@@ -105,6 +107,68 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
     def memory(self, running: list[Sequence]) -> tuple[int, int]:
         used_blocks = self.num_blocks - len(self.free_blocks)
         return used_blocks * self.block_size, sum(s.num_cached for s in running)
+
+
+# %% [markdown]
+# ## Optional: sharing prompt prefixes (`share_prefixes=True`)
+#
+# Requests often begin alike (a system prompt, a few-shot preamble). A full block of prompt tokens holds
+# the same keys and values in every request whose prompt is the same up to the end of that block. So each
+# full prompt block gets a *name*: a hash of its tokens and of the name of the block before it (a hash
+# chain, so equal names mean equal prefixes). A request about to be admitted (or re-admitted after a
+# preemption) looks its prompt's names up and takes the blocks it finds, one more reference each, and its
+# prefill starts after them. A block keeps its name
+# after it is freed, until it is handed out for other tokens, so a later request can still revive it.
+# A request never writes into a shared block: it computes from `num_cached` on, past the shared ones.
+
+# %%
+class PrefixCache(PagedCache):  # NEW (optional)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.block_named: dict[int, int] = {}  # name -> block
+        self.name_of: dict[int, int] = {}  # block -> name
+        self.names: dict[int, list[int]] = {}  # request -> the names of its full prompt blocks so far
+        self.hit_tokens = 0  # prefill tokens not computed because their blocks were found
+
+    def reuse_prefix(self, seq: Sequence):
+        """Take the blocks of `seq`'s longest already-computed prompt prefix; advance its num_cached.
+        Called as it is about to be admitted (again, after a preemption); once is enough."""
+        if seq.index in self.tables:
+            return
+        bs, prompt, names, table = self.block_size, seq.request.prompt_ids, [], []
+        for k in range((len(prompt) - 1) // bs):  # at least one prompt token is left to compute (its logits)
+            name = hash((names[-1] if names else None, tuple(prompt[k * bs:(k + 1) * bs])))
+            block = self.block_named.get(name)
+            if block is None:
+                break
+            if self.ref_count[block] == 0:  # freed but intact: take it back from the free list
+                self.free_blocks.remove(block)
+            self.ref_count[block] += 1
+            names.append(name)
+            table.append(block)
+        self.tables[seq.index], self.names[seq.index] = table, names
+        seq.num_cached = len(table) * bs
+        self.hit_tokens += seq.num_cached
+
+    def allocate(self, seq: Sequence, n: int) -> bool:
+        before = len(self.tables.get(seq.index, []))
+        if not super().allocate(seq, n):
+            return False
+        table, names, bs = self.tables[seq.index], self.names.setdefault(seq.index, []), self.block_size
+        for block in table[before:]:  # handed out anew: whatever these blocks held before is gone
+            if block in self.name_of:
+                del self.block_named[self.name_of.pop(block)]
+        # Name the full prompt blocks this step will have computed.
+        computed = min(seq.num_cached + n, len(seq.request.prompt_ids))
+        for k in range(len(names), computed // bs):
+            names.append(hash((names[-1] if names else None, tuple(seq.request.prompt_ids[k * bs:(k + 1) * bs]))))
+            if names[-1] not in self.block_named:
+                self.block_named[names[-1]], self.name_of[table[k]] = table[k], names[-1]
+        return True
+
+    def free(self, seq: Sequence):
+        super().free(seq)
+        self.names.pop(seq.index, None)
 
 
 # %% [markdown]
@@ -271,14 +335,16 @@ class PagedEngine(ContinuousEngine):
     name = "ch04 paged"
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None,
-                 memory_fraction: float = 0.9, **options):
+                 memory_fraction: float = 0.9, share_prefixes: bool = False, **options):
         super().__init__(model, **options)
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
+        self.share_prefixes = share_prefixes
 
     def make_cache(self, requests: list[Request]) -> PagedCache:  # NEW
-        return PagedCache(self.config, self.pool_blocks(requests), self.block_size, self.device, self.model.dtype)
+        cache = PrefixCache if self.share_prefixes else PagedCache
+        return cache(self.config, self.pool_blocks(requests), self.block_size, self.device, self.model.dtype)
 
     def pool_blocks(self, requests: list[Request]) -> int:
         need = sum(math.ceil(max_total_len(r, self.config) / self.block_size) for r in requests)
@@ -311,11 +377,11 @@ class PagedEngine(ContinuousEngine):
 
     def summary(self) -> dict:
         return {**super().summary(), "preemptions": self.scheduler.preemptions, "num_blocks": self.cache.num_blocks,
-                "block_size": self.block_size}
+                "block_size": self.block_size, "prefix_hit_tokens": getattr(self.cache, "hit_tokens", 0)}
 
 
 def generate(model, requests: list[Request], **options) -> Completions:
-    """Chapter 4's engine. Options: block_size, num_blocks, memory_fraction, and chapter 3's."""
+    """Chapter 4's engine. Options: block_size, num_blocks, memory_fraction, share_prefixes, and chapter 3's."""
     return PagedEngine(model, **options).generate(requests)
 
 
@@ -356,14 +422,15 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #
 # 1. Run with `--num-blocks 40`: how many preemptions, and what do they cost in throughput?
 # 2. Try `--block-size 1` and `--block-size 256`. What does each cost: table size, slack, kernel speed?
-# 3. Prefix sharing: requests with the same prompt could share full blocks (the reference counts are
-#    already there). Hash each full block's tokens with its predecessor's hash, keep a map from hash to
-#    block, and count the prefill tokens saved on a workload with a shared system prompt.
+# 3. Give W1-small's requests a shared 200-token system prompt and run with `share_prefixes=True`. How many
+#    prefill tokens are saved (`prefix_hit_tokens`), and what happens to TTFT? Why must at least one
+#    prompt token always be computed, even when the whole prompt is cached?
 
 # %%
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
            "block_size": (int, 16, "tokens per KV block"),
-           "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)")}
+           "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)"),
+           "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes")}
 
 
 def main(argv=None):

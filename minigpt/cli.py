@@ -128,6 +128,8 @@ def describe(r: RunResult) -> str:
                      f"KV memory reserved and used: {e['kv_utilisation']:.0%}")
     if "preemptions" in e:
         parts.append(f"preemptions: {e['preemptions']}")
+    if e.get("prefix_hit_tokens"):
+        parts.append(f"prefill saved by shared prefixes: {e['prefix_hit_tokens']} tokens")
     if "gpu_busy" in e:
         parts.append(f"GPU busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
     return "; ".join(parts)

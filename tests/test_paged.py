@@ -128,3 +128,46 @@ def test_only_failing_requests_and_a_single_request_on_the_default_pool(chapter,
     assert out[0].finish_reason == "error"
     alone = generate(model, [Request([1, 2, 3], 5)])  # the default pool is sized to exactly what it needs
     assert alone[0].tokens == ch01_naive.generate(model, [Request([1, 2, 3], 5)])[0].tokens
+
+
+@pytest.mark.parametrize("chapter", ["ch04_paged", "ch05_async"])
+@pytest.mark.parametrize("num_blocks", [None, 20])
+def test_shared_prefixes_save_prefill_and_change_no_token(chapter, num_blocks, model):
+    """Requests with a common system prompt reuse its blocks (also freed ones, also under preemption)."""
+    import importlib
+
+    rng = random.Random(1)
+    system = [rng.randrange(1024) for _ in range(45)]
+    requests = [Request(system + [rng.randrange(1024) for _ in range(rng.randint(1, 20))], rng.randint(1, 30),
+                        arrival_time=0.003 * i) for i in range(10)]
+    requests.append(Request(system[:16], 5))  # a prompt that is all shared blocks still computes its last token
+    module = importlib.import_module(f"chapters.{chapter}")
+    engine = (module.AsyncEngine if chapter == "ch05_async" else module.PagedEngine)(
+        model, share_prefixes=True, block_size=8, num_blocks=num_blocks, max_batch_tokens=32)
+    out = engine.generate(requests)
+    assert [c.tokens for c in out] == [c.tokens for c in ch01_naive.generate(model, requests)]
+    assert out.stats["prefix_hit_tokens"] >= 8 * 40  # most requests found the 5 full system-prompt blocks
+    cache, scratch = engine.cache, {0} if chapter == "ch05_async" else set()
+    assert sorted(cache.free_blocks) == sorted(set(range(len(cache.ref_count))) - scratch)
+    assert all(r == 0 for r in cache.ref_count) and not cache.tables
+
+
+def test_a_freed_block_given_to_other_tokens_loses_its_name(model):
+    """A runs and frees its named blocks; B (other tokens) takes them; C, with A's prompt, must not find them."""
+    rng = random.Random(2)
+    system = [rng.randrange(1024) for _ in range(40)]
+    a, c = Request(system + [1], 3), Request(system + [2], 3)
+    b = Request([rng.randrange(1024) for _ in range(60)], 3)
+    engine = PagedEngine(model, share_prefixes=True, block_size=8, num_blocks=8, max_seqs=1)
+    out = engine.generate([a, b, c])
+    assert [o.tokens for o in out] == [o.tokens for o in ch01_naive.generate(model, [a, b, c])]
+    assert out.stats["prefix_hit_tokens"] == 0  # C came after B had overwritten A's blocks
+
+
+def test_a_freed_block_is_revived_by_a_later_request_with_the_same_prefix(model):
+    rng = random.Random(3)
+    system = [rng.randrange(1024) for _ in range(40)]
+    a, c = Request(system + [1], 3), Request(system + [2, 3], 3)
+    out = PagedEngine(model, share_prefixes=True, block_size=8, num_blocks=12, max_seqs=1).generate([a, c])
+    assert [o.tokens for o in out] == [o.tokens for o in ch01_naive.generate(model, [a, c])]
+    assert out.stats["prefix_hit_tokens"] == 40  # C found A's five full blocks, freed but intact
