@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Chapter 1: one request at a time, with a KV cache
 #
+# ![W1 on one H200, chapter by chapter](../figures/ladder_w1.png)
+#
 # **What you will learn:** how a decoder-only model generates text token by token, why a
 # *KV cache* turns each new token from a full re-run of the prompt into one small step, and what the
 # reference every later chapter is checked against looks like.

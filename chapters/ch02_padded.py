@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Chapter 2: static batches, left padding and an attention mask
 #
+# ![Padding waste on W1](../figures/padding_waste_w1.png)
+#
 # **What you will learn:** why batching is the first big speed-up in inference, how to batch
 # requests of different lengths with *left padding* and a mask, and what that padding costs.
 #

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Chapter 3: continuous batching
 #
+# ![Batch occupancy per step on W1](../figures/occupancy_w1.png)
+#
 # **What you will learn:** how to batch requests without padding, how a scheduler lets requests
 # join and leave the batch at every step, how a long prompt is prefilled in chunks beside other
 # requests' decode steps, and what reserving KV memory per request costs.

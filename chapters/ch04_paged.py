@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Chapter 4: the paged KV cache
 #
+# ![KV memory over W1: slots against blocks](../figures/kv_memory_w1.png)
+#
 # **What you will learn:** how to store keys and values in fixed-size *blocks* handed out on demand,
 # so that memory follows what requests actually use; how to keep going when memory runs out
 # (*preemption*); and how attention reads keys and values straight out of scattered blocks.

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # Chapter 5: asynchronous batching with CUDA streams and events
 #
+# ![CPU and GPU over twenty decode steps, sync above async](../figures/async_timeline_w1.png)
+#
 # **What you will learn:** where a synchronous serving loop leaves the GPU idle, and how to close
 # those gaps: CUDA streams and events, double-buffered pinned inputs, feeding the tokens just sampled
 # straight back on the GPU, and CUDA graphs for decode steps.
