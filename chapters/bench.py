@@ -2,6 +2,8 @@
 
     python -m chapters.bench                        # CPU: W1-small, every chapter, in seconds
     python -m chapters.bench --device cuda --workload W1 --subset ch01_naive=16 --out figures/h200_w1.json
+    python -m chapters.bench --device cuda --workload W1 --chapters transformers_cb,transformers_cb@use_async=true,ch05_async
+                                                    # transformers' own continuous batching beside the book's engine
     python -m chapters.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
     python -m chapters.bench memory --out figures/fixed_memory_w1.json   # requests running in a fixed KV memory
     python -m chapters.bench report                 # figures/*.png and the README's results, from the JSON
@@ -57,7 +59,14 @@ def run_chapters(argv):
         name, _, variant = label.partition("@")
         opts = {**options.get(name, {}), **parse_options(variant.split("+") if variant else [])}
         subset = requests[: subsets.get(label, subsets.get(name, len(requests)))]
-        results.append(measure(name, model, subset, workload.name, args, opts, label=label))
+        if name == "transformers_cb":  # the peer, on the same machine, weights and requests
+            try:
+                results.append(transformers_cb(model, subset, workload.name, args.device, label, **opts))
+            except Exception as e:  # an optional comparison: say why, and go on with the chapters
+                console.print(f"[red]{label} failed[/red]: {type(e).__name__}: {e}")
+                continue
+        else:
+            results.append(measure(name, model, subset, workload.name, args, opts, label=label))
         console.print(results_table(results[-1:], ""))
         if args.out:  # write as we go: a long run that is cut off keeps what it measured
             save_results(results, args.out, command="python -m chapters.bench " + shlex.join(argv))
@@ -71,6 +80,47 @@ def copy_ceiling(nbytes: int = 2 << 30) -> float:
     x = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     return 2 * nbytes / triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") / 1e9
+
+
+def transformers_cb(model, requests, workload: str, device: str, label: str, use_async: bool = False):
+    """transformers' own continuous batching (`init_continuous_batching`) on the same weights and requests,
+    EOS ignored, each request with its own max_new_tokens; its warm-up (graph capture) excluded.
+    It needs a GPU: on the CPU it sizes its cache from GPU memory and refuses."""
+    import time
+
+    import transformers
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    from transformers.generation.continuous_batching.utils import WorkloadHints
+
+    from minigpt import RunResult
+    from minigpt.reference import to_hf
+
+    hf = to_hf(model)
+    hf.generation_config.eos_token_id = None
+    config = transformers.GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0,
+                                           max_new_tokens=max(r.max_new_tokens for r in requests))
+    hints = WorkloadHints(max_prompt_length=max(len(r.prompt_ids) for r in requests),
+                          max_generated_length=config.max_new_tokens, num_requests=len(requests))
+    manager_cm = hf.continuous_batching_context_manager(
+        generation_config=config, continuous_batching_config=ContinuousBatchingConfig(use_async_batching=use_async),
+        block=True, timeout=5, warmup=True, workload_hints=hints)
+    done = {}
+    with manager_cm as manager:
+        start = time.perf_counter()
+        for i, r in enumerate(requests):
+            manager.add_request(r.prompt_ids, request_id=f"r{i}", max_new_tokens=r.max_new_tokens)
+        while len(done) < len(requests):
+            result = manager.get_result(timeout=1)
+            if result is not None and result.is_finished():
+                done[result.request_id] = result
+            elif result is None and not manager.is_running():
+                raise RuntimeError(f"its manager stopped with {len(done)} of {len(requests)} requests done")
+        wall = time.perf_counter() - start
+    tokens = sum(len(o.generated_tokens) for o in done.values())
+    return RunResult(chapter=label, workload=workload, preset=model.config.name, device=device,
+                     dtype=str(model.dtype).removeprefix("torch."), num_requests=len(requests), output_tokens=tokens,
+                     wall_s=wall, tokens_per_s=tokens / wall, ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
+                     note="transformers " + transformers.__version__ + (" async" if use_async else " sync"))
 
 
 def bench_attention(argv):

@@ -76,3 +76,18 @@ def test_readme_results_are_generated_from_the_committed_json():
 
     readme = (ROOT / "README.md").read_text()
     assert bench.readme_results(readme) == bench.results_markdown(), "run `python -m chapters.bench report`"
+
+
+def test_bench_runs_and_survives_a_failing_peer(tmp_path):
+    """transformers' continuous batching needs a GPU; on the CPU the bench says so and measures the rest."""
+    import json
+
+    out = tmp_path / "b.json"
+    run = subprocess.run([sys.executable, "-m", "chapters.bench", "--device", "cpu",
+                          "--chapters", "transformers_cb,ch01_naive,ch05_async",
+                          "--subset", "ch01_naive=2", "--subset", "ch05_async=4", "--no-progress", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [r["chapter"] for r in results] == ["ch01_naive", "ch05_async"]
+    assert "transformers_cb failed" in run.stdout
