@@ -63,11 +63,26 @@ class RunResult:
                    tpot_p50_s=statistics.median(tpots) if tpots else float("nan"), **info)
 
 
+def code_version() -> str:
+    """The commit measured: $MINIGPT_COMMIT (set it where the tree travels without .git), else git's HEAD."""
+    import os
+    import subprocess
+
+    if os.environ.get("MINIGPT_COMMIT"):
+        return os.environ["MINIGPT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent)
+        return head.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def environment() -> dict:
     """The test configuration a results file states: machine, GPU, library versions."""
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__,
+    env = {"commit": code_version(), "python": platform.python_version(), "torch": torch.__version__,
            "transformers": transformers.__version__, "machine": platform.machine(),
            "cpu_count": __import__("os").cpu_count()}
     if torch.cuda.is_available():

@@ -24,7 +24,7 @@ class Workload:
             p, o = rng.randint(*self.prompt_len), rng.randint(*self.output_len)
             prompt = [rng.randrange(vocab_size) for _ in range(p)]
             out.append(Request(prompt_ids=prompt, max_new_tokens=o, ignore_eos=True))
-        return out[:num_requests] if num_requests else out
+        return out if num_requests is None else out[:num_requests]
 
 
 WORKLOADS: dict[str, Workload] = {
