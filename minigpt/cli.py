@@ -72,8 +72,9 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
             subset = requests[: args.compare_requests]
         opts = engine_options if name == chapter else {}
         results.append(measure(name, model, subset, workload.name, args, opts))
-    console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name}, "
-                                         f"{args.device}, {model.dtype}"))
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name} ({params:,.1f}M "
+                                         f"parameters), {args.device}, {model.dtype}"))
     for r in results:
         if line := describe(r):
             console.print(f"{r.chapter}: {line}", highlight=False)

@@ -1,7 +1,7 @@
 """Model shapes: one dataclass and the named presets the book uses."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,6 @@ class ModelConfig:
         """Bytes of K and V one token occupies in the cache, all layers, at 2 bytes an element."""
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * 2
 
-    def num_parameters(self) -> int:
-        c = self
-        attn = c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
-        mlp = 3 * c.hidden_size * c.intermediate_size
-        embed = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
-        return c.num_hidden_layers * (attn + mlp) + embed
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -85,5 +79,3 @@ def get_config(preset_or_config: str | ModelConfig) -> ModelConfig:
     except KeyError:
         raise ValueError(f"unknown preset {preset_or_config!r}; choose one of {sorted(PRESETS)}") from None
 
-
-CONFIG_FIELDS = {f.name for f in fields(ModelConfig)}

@@ -130,3 +130,10 @@ def test_workloads_are_seeded_and_in_range():
     a, b = w.requests(1000), w.requests(1000)
     assert [r.prompt_ids for r in a] == [r.prompt_ids for r in b] and len(a) == 256
     assert all(100 <= len(r.prompt_ids) <= 1024 and 100 <= r.max_new_tokens <= 1024 for r in a)
+
+
+@pytest.mark.parametrize("preset,billions", [("qwen3-0.6b", 0.596), ("llama3-8b", 8.03)])
+def test_presets_have_the_real_models_size(preset, billions):
+    with torch.device("meta"):
+        model = minigpt.Transformer(minigpt.PRESETS[preset])
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.005
