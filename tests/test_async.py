@@ -80,3 +80,21 @@ def test_gpu_stress_with_random_delays_equals_chapter1(use_async):
                                   max_batch_tokens=64)
         assert [c.tokens for c in out] == reference
         assert out.stats["decode_gpu_busy"] > 0
+
+
+@cuda
+@pytest.mark.gpu
+def test_gpu_sampling_and_shared_prefixes_equal_chapter1():
+    """The eager (sampling) path and prefix sharing, with graphs and streams on, in float32 on the GPU."""
+    model = minigpt.from_config("tiny", device="cuda")
+    rng = random.Random(5)
+    system = [rng.randrange(1024) for _ in range(40)]
+    requests = [Request(system + [rng.randrange(1024) for _ in range(rng.randint(1, 30))], rng.randint(1, 40),
+                        temperature=0.9 if i % 3 == 0 else 0.0, top_p=0.9, seed=i, arrival_time=0.002 * i)
+                for i in range(16)]
+    reference = [c.tokens for c in ch01_naive.generate(model, requests)]
+    for use_async in (False, True):
+        out = ch05_async.generate(model, requests, use_async=use_async, share_prefixes=True, block_size=8,
+                                  num_blocks=40, max_batch_tokens=64)
+        assert [c.tokens for c in out] == reference
+        assert out.stats["prefix_hit_tokens"] > 0
