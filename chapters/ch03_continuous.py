@@ -295,6 +295,10 @@ class ContinuousEngine:
     def make_cache(self, requests: list[Request]):
         slot_len = max(max_total_len(r, self.config) for r in requests)
         num_slots = min(self.max_seqs, len(requests))
+        nbytes = num_slots * slot_len * self.config.kv_bytes_per_token // 2 * self.model.dtype.itemsize
+        if self.device.type == "cuda" and nbytes > torch.cuda.mem_get_info(self.device)[0]:
+            raise ValueError(f"{num_slots} slots of {slot_len} tokens need {nbytes / 1e9:.1f} GB of KV cache, more than "
+                             f"the device has free; lower max_seqs, or use chapter 4's paged cache")
         return SlotCache(self.config, num_slots, slot_len, self.device, self.model.dtype)
 
     def make_attention(self):
