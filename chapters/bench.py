@@ -82,17 +82,17 @@ def copy_ceiling(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") / 1e9
 
 
-def transformers_cb(model, requests, workload: str, device: str, label: str, use_async: bool = False):
-    """transformers' own continuous batching (`init_continuous_batching`) on the same weights and requests,
-    EOS ignored, each request with its own max_new_tokens; its warm-up (graph capture) excluded.
-    It needs a GPU: on the CPU it sizes its cache from GPU memory and refuses."""
+def transformers_generate(model, requests, use_async: bool = False) -> tuple[list[list[int]], float]:
+    """transformers' own continuous batching (`continuous_batching_context_manager`) on the same weights and
+    requests, EOS ignored, each request with its own max_new_tokens. Returns each request's tokens and the wall
+    time from the first request to the last result; its warm-up (graph capture) is excluded. Its async mode
+    needs CUDA."""
     import time
 
     import transformers
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
     from transformers.generation.continuous_batching.utils import WorkloadHints
 
-    from minigpt import RunResult
     from minigpt.reference import to_hf
 
     hf = to_hf(model)
@@ -116,10 +116,20 @@ def transformers_cb(model, requests, workload: str, device: str, label: str, use
             elif result is None and not manager.is_running():
                 raise RuntimeError(f"its manager stopped with {len(done)} of {len(requests)} requests done")
         wall = time.perf_counter() - start
-    tokens = sum(len(o.generated_tokens) for o in done.values())
+    return [list(done[f"r{i}"].generated_tokens) for i in range(len(requests))], wall
+
+
+def transformers_cb(model, requests, workload: str, device: str, label: str, use_async: bool = False):
+    """transformers' continuous batching as one more row of the bench."""
+    import transformers
+
+    from minigpt import RunResult
+
+    tokens, wall = transformers_generate(model, requests, use_async)
+    total = sum(len(t) for t in tokens)
     return RunResult(chapter=label, workload=workload, preset=model.config.name, device=device,
-                     dtype=str(model.dtype).removeprefix("torch."), num_requests=len(requests), output_tokens=tokens,
-                     wall_s=wall, tokens_per_s=tokens / wall, ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
+                     dtype=str(model.dtype).removeprefix("torch."), num_requests=len(requests), output_tokens=total,
+                     wall_s=wall, tokens_per_s=total / wall, ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
                      note="transformers " + transformers.__version__ + (" async" if use_async else " sync"))
 
 
@@ -284,7 +294,9 @@ def results_markdown() -> str:
               "model on W1-small in float32 (`python -m chapters.bench`). With no GPU to overlap with, chapter 5's "
               "streams and events are no-ops and its bookkeeping is pure cost:", "",
               "| chapter | output tokens/s | TTFT p50 ms |", "| --- | ---: | ---: |"]
-    lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | {r['ttft_p50_s'] * 1e3:,.0f} |" for r in cpu["results"]]
+    lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | "
+              f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
+              for r in cpu["results"]]
     env = load("h200_w1.json")["environment"]
     lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items()) +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
