@@ -261,6 +261,15 @@ def report(argv):
                            f"W1's first {memory['num_requests']} requests in the same KV memory "
                            f"({memory['kv_tokens']:,} tokens): requests running per step")
     write_readme_results()
+    for label in ("ch05_async@use_async=false", "ch05_async"):  # NOTES.md's W1 analysis, from the same data
+        r = latest[label][0]
+        tl, tr = r["extra"]["timeline"], r["extra"]["trace"]
+        decode_gpu = sum(s["gpu_end"] - s["gpu_start"] for s in tl if s["graph"])
+        kv_read = sum(s["kv_used"] for s in tr if s["graph"]) * r["extra"]["kv_bytes_per_token"]
+        eager = [s for s in tl if not s["graph"]]
+        console.print(f"{label} on W1: decode steps {decode_gpu:.2f} s of GPU work reading {kv_read / 1e12:.1f} TB of KV "
+                      f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
+                      f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
     console.print(f"wrote figures and README results from {', '.join(W1_FILES)}, h200_w2short.json")
 
 
