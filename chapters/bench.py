@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from minigpt import from_config, get_workload, results_table, save_results
-from minigpt.cli import CHAPTERS, measure
-from minigpt.metrics import console, environment
+from minigpt.cli import CHAPTERS, default_dtype, measure
+from minigpt.metrics import console, decode_phase, environment
 
 
 def parse_options(items: list[str]) -> dict:
@@ -43,9 +43,8 @@ def run_chapters(argv):
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    args.requests = None
     workload = get_workload(args.workload)
-    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+    dtype = default_dtype(args.device)
     model = from_config(args.preset or workload.preset, device=args.device, dtype=dtype)
     requests = workload.requests(model.config.vocab_size)
     subsets = {k: int(v) for k, v in (s.split("=") for s in args.subset)}
@@ -66,7 +65,7 @@ def run_chapters(argv):
                 console.print(f"[red]{label} failed[/red]: {type(e).__name__}: {e}")
                 continue
         else:
-            results.append(measure(name, model, subset, workload.name, args, opts, label=label))
+            results.append(measure(name, model, subset, workload.name, opts, label=label, progress=not args.no_progress))
         console.print(results_table(results[-1:], ""))
         if args.out:  # write as we go: a long run that is cut off keeps what it measured
             save_results(results, args.out, command="python -m chapters.bench " + shlex.join(argv))
@@ -271,15 +270,6 @@ def report(argv):
                       f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
                       f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
     console.print(f"wrote figures and README results from {', '.join(W1_FILES)}, h200_w2short.json")
-
-
-def decode_phase(timeline: list[dict]) -> tuple[float, float]:
-    """(seconds, GPU-busy fraction) over consecutive decode-only (graph) steps: each step's span runs from the
-    previous step's GPU end to its own."""
-    steps = [i for i in range(1, len(timeline)) if timeline[i]["graph"] and timeline[i - 1]["graph"]]
-    span = sum(timeline[i]["gpu_end"] - timeline[i - 1]["gpu_end"] for i in steps)
-    busy = sum(timeline[i]["gpu_end"] - timeline[i]["gpu_start"] for i in steps)
-    return span, busy / span if span else float("nan")
 
 
 def results_markdown() -> str:

@@ -60,6 +60,7 @@ from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters import ch04_paged
 from chapters.ch04_paged import PagedEngine
 from minigpt import Completions, Request, finish_reason, max_total_len
+from minigpt.metrics import decode_phase, gpu_busy
 
 PENDING = -1  # a token whose value the GPU has not told us yet
 
@@ -409,13 +410,9 @@ class AsyncEngine(PagedEngine):
         torch.cuda.synchronize()
         gpu = [(self.ref.elapsed_time(b.events[0]) / 1e3 + self.ref_host,
                 self.ref.elapsed_time(b.events[1]) / 1e3 + self.ref_host) for b in done]
-        busy = sum(e - s for s, e in gpu)
-        decode = [i for i in range(1, len(done)) if not done[i].prefill]
-        decode_busy = sum(gpu[i][1] - gpu[i][0] for i in decode)
-        decode_span = sum(gpu[i][1] - gpu[i - 1][1] for i in decode)
-        stats.update(gpu_busy=busy / (gpu[-1][1] - gpu[0][0]), decode_gpu_busy=decode_busy / max(decode_span, 1e-9),
-                     timeline=[{**b.host_times, "gpu_start": s, "gpu_end": e, "graph": b.graph_size,
-                                "tokens": len(b.ids)} for b, (s, e) in zip(done, gpu)])
+        timeline = [{**b.host_times, "gpu_start": s, "gpu_end": e, "graph": b.graph_size, "decode": not b.prefill,
+                     "tokens": sum(ch.n for ch in b.chunks)} for b, (s, e) in zip(done, gpu)]
+        stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
         return stats
 
 

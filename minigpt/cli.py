@@ -46,8 +46,13 @@ def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
     return p
 
 
+def default_dtype(device: str) -> torch.dtype:
+    """float32 on the CPU (the correctness checks), bfloat16 on a GPU (the measurements)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
 def build_model(args):
-    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(args.device)
     if args.model:
         return load_pretrained(args.model, device=args.device, dtype=dtype), load_tokenizer(args.model)
     workload = get_workload(args.workload)
@@ -71,7 +76,7 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
         if name != chapter and args.compare_requests and name in ("ch01_naive", "ch02_padded"):
             subset = requests[: args.compare_requests]
         opts = engine_options if name == chapter else {}
-        results.append(measure(name, model, subset, workload.name, args, opts))
+        results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress))
     params = sum(p.numel() for p in model.parameters()) / 1e6
     console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name} ({params:,.1f}M "
                                          f"parameters), {args.device}, {model.dtype}"))
@@ -83,7 +88,7 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     return results
 
 
-def measure(name, model, requests, workload, args, options, label: str = "") -> RunResult:
+def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True) -> RunResult:
     """Warm up (excluded), then time one run of `name` from the first submit to the last token."""
     generate = chapter_module(name).generate
     # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
@@ -91,12 +96,12 @@ def measure(name, model, requests, workload, args, options, label: str = "") -> 
     for n, prompt_len in ((4, 8), (48, None)):
         warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
         generate(model, warm, **options)
-    completions = generate(model, requests, progress=not args.no_progress, **options)
+    completions = generate(model, requests, progress=progress, **options)
     # From the engine's start (after its one-time setup: cache allocation, graph capture) to the last token.
     wall = max((c.token_times[-1] for c in completions if c.token_times), default=0.0)
-    note = f"first {len(requests)} requests" if args.requests or len(requests) < get_workload(workload).num_requests else ""
+    note = f"first {len(requests)} requests" if len(requests) < get_workload(workload).num_requests else ""
     return RunResult.from_completions(completions, wall, chapter=label or name, workload=workload,
-                                      preset=model.config.name, device=args.device,
+                                      preset=model.config.name, device=model.device.type,
                                       dtype=str(model.dtype).removeprefix("torch."), note=note,
                                       extra=getattr(completions, "stats", {}))
 

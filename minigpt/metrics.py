@@ -78,6 +78,24 @@ def code_version() -> str:
         return "unknown"
 
 
+def gpu_busy(timeline: list[dict]) -> float:
+    """Fraction of the run's GPU span (first step's start to last step's end) spent inside steps."""
+    busy = sum(s["gpu_end"] - s["gpu_start"] for s in timeline)
+    return busy / (timeline[-1]["gpu_end"] - timeline[0]["gpu_start"])
+
+
+def decode_phase(timeline: list[dict]) -> tuple[float, float]:
+    """(seconds, GPU-busy fraction) over consecutive decode-only steps; a step's span runs from the previous
+    step's GPU end to its own, so the gap before it counts as idle."""
+    def decode(s):  # results recorded before "decode" was stored: decode steps were the graph-replayed ones
+        return s.get("decode", s["graph"] > 0)
+
+    steps = [i for i in range(1, len(timeline)) if decode(timeline[i]) and decode(timeline[i - 1])]
+    span = sum(timeline[i]["gpu_end"] - timeline[i - 1]["gpu_end"] for i in steps)
+    busy = sum(timeline[i]["gpu_end"] - timeline[i]["gpu_start"] for i in steps)
+    return span, busy / span if span else float("nan")
+
+
 def environment() -> dict:
     """The test configuration a results file states: machine, GPU, library versions."""
     import transformers
