@@ -56,8 +56,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters import ch04_paged
+from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters.ch04_paged import PagedEngine
 from minigpt import Completions, Request, finish_reason, max_total_len
 from minigpt.metrics import decode_phase, gpu_busy
@@ -168,7 +168,9 @@ class AsyncEngine(PagedEngine):
         rows = max(self.max_batch_tokens, self.max_seqs, max(self.graph_sizes))
         self.capacity = (rows + 1) * (8 + self.width)  # eight fields of at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
-        self.in_flight: list[AsyncBatch] = []
+        self.in_flight: list[AsyncBatch] = []  # launched, tokens not yet handed out
+        self.done: list[AsyncBatch] = []  # resolved, kept for the busy fraction and the timeline
+        self.ref = None  # the GPU clock's zero, recorded at the first step
         self.steps = 0
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         t = time.perf_counter()
@@ -376,8 +378,7 @@ class AsyncEngine(PagedEngine):
         return self.scheduler.has_work() or bool(self.in_flight)
 
     def step(self):
-        if not hasattr(self, "ref"):  # the GPU clock's zero, matched to the host clock's
-            self.done: list[AsyncBatch] = []
+        if self.ref is None:  # the GPU clock's zero, matched to the host clock's
             self.ref, self.ref_host = new_event(self.cuda, timing=True), self.clock.now()
             with on(self.compute):
                 self.ref.record()
@@ -404,7 +405,7 @@ class AsyncEngine(PagedEngine):
     def summary(self) -> dict:
         stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs,
                  "setup_s": self.setup_s}
-        done = getattr(self, "done", [])
+        done = self.done
         if not (self.cuda and done):
             return stats
         torch.cuda.synchronize()
