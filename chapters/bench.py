@@ -6,6 +6,7 @@
                                                     # transformers' own continuous batching beside the book's engine
     python -m chapters.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
     python -m chapters.bench memory --out figures/fixed_memory_w1.json   # requests running in a fixed KV memory
+    python -m chapters.bench profile --out figures/h200_profile_ch05.json   # where the GPU time goes, by kernel
     python -m chapters.bench report                 # figures/*.png and the README's results, from the JSON
 """
 from __future__ import annotations
@@ -200,6 +201,55 @@ def bench_fixed_memory(argv):
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
 
 
+def kernel_kind(name: str) -> str:
+    """A rough class of a CUDA kernel, by its name."""
+    n = name.lower()
+    if "paged_decode" in n or "flash" in n or "fmha" in n or "attention" in n:
+        return "attention"
+    if "gemm" in n or "gemv" in n or "nvjet" in n or "cutlass" in n or "xmma" in n:
+        return "matmul"
+    return "other (norms, RoPE, copies, elementwise)"
+
+
+def bench_profile(argv):
+    """Where a chapter's GPU time goes: torch.profiler over one run, its kernels grouped by name and kind."""
+    import importlib
+
+    from torch.profiler import ProfilerActivity, profile
+
+    p = argparse.ArgumentParser(prog="python -m chapters.bench profile")
+    p.add_argument("--chapter", default="ch05_async")
+    p.add_argument("--workload", default="W1")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--option", action="append", default=[], help="NAME=VALUE, an engine option")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    workload = get_workload(args.workload)
+    model = from_config(workload.preset, device="cuda", dtype=torch.bfloat16)
+    requests = workload.requests(model.config.vocab_size, args.requests)
+    generate, options = importlib.import_module(f"chapters.{args.chapter}").generate, parse_options(args.option)
+    generate(model, requests[:8], **options)  # warm-up: compile, allocate
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = generate(model, requests, **options)
+    steps = out.stats["steps"]
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in kernels)
+    rows = sorted(({"kernel": e.key[:100], "kind": kernel_kind(e.key), "count": e.count,
+                    "per_step": e.count / steps, "ms": e.device_time_total / 1e3,
+                    "share": e.device_time_total / total} for e in kernels), key=lambda r: -r["ms"])
+    kinds = {}
+    for r in rows:
+        k = kinds.setdefault(r["kind"], {"kind": r["kind"], "ms": 0.0, "per_step": 0.0, "share": 0.0})
+        k["ms"], k["per_step"], k["share"] = k["ms"] + r["ms"], k["per_step"] + r["per_step"], k["share"] + r["share"]
+    for r in list(kinds.values()) + rows[:25]:
+        console.print(f"{r['share']:6.1%} {r['ms']:9.1f} ms {r['per_step']:7.1f}/step  {r.get('kernel', r['kind'])}")
+    console.print(f"{steps} steps, {total / 1e3:.0f} ms of kernels, {sum(r['per_step'] for r in rows):.0f} kernels a step")
+    if args.out:
+        data = {"command": "python -m chapters.bench profile " + shlex.join(argv), "environment": environment(),
+                "steps": steps, "kernel_ms": total / 1e3, "kinds": list(kinds.values()), "kernels": rows}
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+
+
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
@@ -345,6 +395,8 @@ def main(argv=None):
         return bench_attention(argv[1:])
     if argv[:1] == ["memory"]:
         return bench_fixed_memory(argv[1:])
+    if argv[:1] == ["profile"]:
+        return bench_profile(argv[1:])
     if argv[:1] == ["report"]:
         return report(argv[1:])
     return run_chapters(argv)

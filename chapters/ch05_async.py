@@ -55,6 +55,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from chapters import ch04_paged
 from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
@@ -270,7 +271,7 @@ class AsyncEngine(PagedEngine):
             if batch.graph_size and self.use_graphs:
                 self.graphs[(batch.graph_size, self.slots.index(slot))].replay()  # hazard 6: inputs in place
             else:  # eager; on the CPU, padded decode steps too, so the tests run the graphs' padded layout
-                batch.prefill_rows, batch.prefill_mask = self.prefill_layout(batch)
+                batch.prefill_rows, batch.prefill_mask, batch.prefill_varlen = self.prefill_layout(batch)
                 self.forward_and_sample(batch, slot, previous, greedy=batch.graph_size > 0)
             end.record()
             slot.consumed.record()
@@ -282,10 +283,10 @@ class AsyncEngine(PagedEngine):
         batch.events = (start, end)
 
     def prefill_layout(self, batch: AsyncBatch):
-        """Chapter 3's packed prompt context (cache rows, mask), built on the GPU from the tables and lengths
-        already copied over: no list crosses to the device outside the slot's one copy."""
+        """Chapter 3's packed prompt context (cache rows; mask or varlen offsets), built on the GPU from the
+        tables and lengths already copied over: no list crosses to the device outside the slot's one copy."""
         if not batch.prefill:
-            return None, None
+            return None, None, None
         num_chunks, tokens, context = len(batch.prefill), sum(n for n, _ in batch.prefill), sum(c for _, c in batch.prefill)
         which, bs = batch.prefill_which, self.block_size
         chunk = torch.arange(num_chunks, device=self.device)
@@ -293,8 +294,12 @@ class AsyncEngine(PagedEngine):
         ctx_chunk = torch.repeat_interleave(chunk, ctx_len, output_size=context)  # (S,) sizes known: no sync
         ctx_pos = torch.arange(context, device=self.device) - (ctx_len.cumsum(0) - ctx_len)[ctx_chunk]
         rows = batch.tables[which][ctx_chunk, ctx_pos // bs] * bs + ctx_pos % bs
+        if self.varlen:
+            cu = lambda lens: F.pad(lens.cumsum(0), (1, 0)).int()  # noqa: E731
+            return rows, None, (cu(batch.n[which]), cu(ctx_len), max(n for n, _ in batch.prefill),
+                                max(c for _, c in batch.prefill))
         q_chunk = torch.repeat_interleave(chunk, batch.n[which], output_size=tokens)
-        return rows, prefill_mask(q_chunk, batch.positions[batch.num_decode:], ctx_chunk, ctx_pos)
+        return rows, prefill_mask(q_chunk, batch.positions[batch.num_decode:], ctx_chunk, ctx_pos), None
 
     def forward_and_sample(self, batch: AsyncBatch, slot: Slot, previous: Slot, greedy: bool):
         # Hazard 2: placeholders take the token the previous step sampled into its output row.
@@ -324,6 +329,8 @@ class AsyncEngine(PagedEngine):
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=self.compute):
                         self.forward_and_sample(batch, slot, self.slots[1 - i], greedy=True)
+                    with on(self.compute):  # the first replay uploads the graph (0.2 s on the H200): now, not mid-run
+                        graph.replay()
                 self.graphs[(size, i)] = graph
         torch.cuda.synchronize()
 

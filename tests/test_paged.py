@@ -108,6 +108,32 @@ def test_triton_kernel_equals_reference(B, H, Hkv, bs, max_len, dtype):
 
 @cuda
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_varlen_prefill_equals_the_masked_reference(dtype):
+    """FlashAttention's variable-length kernel against chapter 3's masked SDPA, on chunks that start at 0
+    and mid-prompt (bottom-right causal alignment), with grouped-query heads."""
+    from chapters.ch03_continuous import packed_attention, prefill_mask, varlen_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    chunks = [(0, 300), (17, 1), (512, 200), (0, 1), (1000, 37), (64, 64)]  # (start, n)
+    H, Hkv, D = 16, 8, 128
+    T, S = sum(n for _, n in chunks), sum(s + n for s, n in chunks)
+    q = torch.randn(T, H, D, device="cuda", dtype=dtype, generator=g)
+    k, v = (torch.randn(S, Hkv, D, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    t = lambda x: torch.tensor(x, device="cuda")  # noqa: E731
+    q_chunk = t([j for j, (s, n) in enumerate(chunks) for _ in range(n)])
+    q_pos = t([p for s, n in chunks for p in range(s, s + n)])
+    ctx_chunk = t([j for j, (s, n) in enumerate(chunks) for _ in range(s + n)])
+    ctx_pos = t([p for s, n in chunks for p in range(s + n)])
+    ref = packed_attention(q.float(), k.float(), v.float(), prefill_mask(q_chunk, q_pos, ctx_chunk, ctx_pos))
+    cu = lambda lens: torch.tensor([0] + lens, device="cuda").cumsum(0).int()  # noqa: E731
+    out = varlen_attention(q, k, v, cu([n for _, n in chunks]), cu([s + n for s, n in chunks]),
+                           max(n for _, n in chunks), max(s + n for s, n in chunks))
+    assert out.dtype == dtype and torch.allclose(out.float(), ref, atol=2e-2, rtol=2e-2), (out.float() - ref).abs().max()
+
+
+@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("chapter", ["ch02_padded", "ch03_continuous", "ch04_paged"])
 def test_gpu_float32_tokens_equal_chapter1(chapter):
     import importlib
