@@ -331,14 +331,26 @@ class PagedAttention(PackedAttention):
 # By default the pool takes 90% of the device memory left free after the weights (on the CPU: as much
 # as all the requests could ever need), capped at what the workload can use. A request whose maximum
 # length could never fit the pool fails alone, with a message saying what to change; the others run.
+#
+# Once attention reads the blocks in place, a decode step's GPU time is mostly *other* kernels: a profile
+# of W1's first 64 requests on the H200 (`python -m chapters.bench profile`, before this change) counts
+# about 1000 kernels a step, 36 a layer, and 68% of the GPU time outside attention; RoPE alone (negate,
+# concatenate, two products and a sum, for q and for k) took 16%. Each of those kernels reads and writes a
+# few hundred kilobytes and is over in microseconds. On a GPU the engine therefore has `torch.compile`
+# fuse each layer's chains of small kernels, before and after attention (`compile=True`, see
+# `Transformer.compile_layers`); the attention object itself stays eager.
 
 # %%
 class PagedEngine(ContinuousEngine):
     name = "ch04 paged"
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None,
-                 memory_fraction: float = 0.9, share_prefixes: bool = False, **options):
+                 memory_fraction: float = 0.9, share_prefixes: bool = False, compile: bool | str = True, **options):
         super().__init__(model, **options)
+        # NEW: fused layers. True: on a GPU only (on the CPU, compiling takes longer than the runs it would
+        # speed up); a torch.compile backend name: that backend anywhere (the tests trace with "eager").
+        self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else ""
+        model.compile_layers(bool(self.compile), self.compile or "inductor")
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
@@ -379,11 +391,13 @@ class PagedEngine(ContinuousEngine):
 
     def summary(self) -> dict:
         return {**super().summary(), "preemptions": self.scheduler.preemptions, "num_blocks": self.cache.num_blocks,
-                "block_size": self.block_size, "prefix_hit_tokens": getattr(self.cache, "hit_tokens", 0)}
+                "block_size": self.block_size, "prefix_hit_tokens": getattr(self.cache, "hit_tokens", 0),
+                "compiled": self.compile}
 
 
 def generate(model, requests: list[Request], **options) -> Completions:
-    """Chapter 4's engine. Options: block_size, num_blocks, memory_fraction, share_prefixes, and chapter 3's."""
+    """Chapter 4's engine. Options: block_size, num_blocks, memory_fraction, share_prefixes, compile, and
+    chapter 3's."""
     return PagedEngine(model, **options).generate(requests)
 
 
@@ -432,7 +446,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
            "block_size": (int, 16, "tokens per KV block"),
            "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)"),
-           "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes")}
+           "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes"),
+           "compile": (bool, True, "fuse each layer's small kernels with torch.compile (GPU only)")}
 
 
 def main(argv=None):

@@ -79,16 +79,15 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
 
-    def forward(self, x, cos, sin, attn: Attention):
+    def qkv(self, x, cos, sin):
+        """Project to queries, keys and values; normalise (Qwen3) and rotate q and k."""
         T = x.shape[0]
         q = self.q_proj(x).view(T, self.n_heads, self.d)  # (T, H, D)
         k = self.k_proj(x).view(T, self.n_kv, self.d)  # (T, Hkv, D)
         v = self.v_proj(x).view(T, self.n_kv, self.d)  # (T, Hkv, D)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attn(self.layer, q, k, v)  # the engine's cache and attention: (T, H, D)
-        return self.o_proj(out.reshape(T, self.n_heads * self.d))
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 class MLP(nn.Module):
@@ -113,7 +112,17 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, attn: Attention):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        q, k, v = self.before_attention(x, cos, sin)
+        out = attn(self.self_attn.layer, q, k, v)  # the engine's cache and attention: (T, H, D)
+        return self.after_attention(x, out)
+
+    # The layer in two halves around the engine's attention: each is a chain of small kernels at decode
+    # (norms, projections, RoPE, SwiGLU, residual adds) that torch.compile can fuse (Transformer.compile_layers).
+    def before_attention(self, x, cos, sin):
+        return self.self_attn.qkv(self.input_layernorm(x), cos, sin)
+
+    def after_attention(self, x, out):
+        x = x + self.self_attn.o_proj(out.flatten(1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -138,6 +147,28 @@ class Transformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
+
+    def compile_layers(self, enable: bool = True, backend: str = "inductor"):
+        """Have torch.compile fuse each layer's small kernels before and after attention (about 30 a layer
+        eager, most of them elementwise; NOTES.md has what it saves on the H200). The attention object stays
+        outside, eager. All layers share one compiled code, compiled here, not mid-run: for 1 token (sizes 0
+        and 1 are always specialised) and for any number of tokens. `enable=False` puts the eager methods back."""
+        for layer in self.layers:
+            for name in ("before_attention", "after_attention"):
+                if enable and name not in vars(layer):
+                    setattr(layer, name, torch.compile(getattr(layer, name), backend=backend))
+                elif not enable:
+                    vars(layer).pop(name, None)
+        if not enable:
+            return
+        c, layer = self.config, self.layers[0]
+        with torch.inference_mode():  # as the engines run it (the compiled code is guarded on the grad mode)
+            for T in (1, 2, 3):  # the second size > 1 makes the token dimension dynamic
+                x = torch.zeros(T, c.hidden_size, device=self.device, dtype=self.dtype)
+                cos, sin = (torch.zeros(T, 1, c.head_dim, device=self.device, dtype=self.dtype) for _ in "cs")
+                layer.before_attention(x, cos, sin)
+                layer.after_attention(x, torch.zeros(T, c.num_attention_heads, c.head_dim, device=self.device,
+                                                     dtype=self.dtype))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                 logits_at: torch.Tensor | None = None) -> torch.Tensor:

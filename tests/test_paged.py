@@ -197,3 +197,25 @@ def test_a_freed_block_is_revived_by_a_later_request_with_the_same_prefix(model)
     out = PagedEngine(model, share_prefixes=True, block_size=8, num_blocks=12, max_seqs=1).generate([a, c])
     assert [o.tokens for o in out] == [o.tokens for o in ch01_naive.generate(model, [a, c])]
     assert out.stats["prefix_hit_tokens"] == 40  # C found A's five full blocks, freed but intact
+
+
+def test_compiled_layers_give_the_same_tokens_and_never_recompile_mid_run(model):
+    """The layer halves around attention trace as one code for every layer and every batch size (the
+    tracing is checked here; the H200 runs inductor's kernels, GPU tests)."""
+    from torch._dynamo.utils import counters
+
+    from chapters import ch05_async
+
+    requests = mixed_requests(model.config.vocab_size)
+    expected = [c.tokens for c in ch01_naive.generate(model, requests)]
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        for generate in (ch04_paged.generate, ch05_async.generate):
+            engine_options = dict(num_blocks=30, max_batch_tokens=64, compile="eager")
+            assert [c.tokens for c in generate(model, requests, **engine_options)] == expected
+            assert "before_attention" in vars(model.layers[0])
+        assert counters["stats"]["unique_graphs"] == 4, "two halves, each for 1 token and for any number"
+    finally:
+        model.compile_layers(False)
+    assert "before_attention" not in vars(model.layers[0])
