@@ -222,6 +222,7 @@ def bench_profile(argv):
     p.add_argument("--workload", default="W1")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--option", action="append", default=[], help="NAME=VALUE, an engine option")
+    p.add_argument("--cpu", action="store_true", help="also the CPU side: the top operators by their own CPU time")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     workload = get_workload(args.workload)
@@ -229,10 +230,11 @@ def bench_profile(argv):
     requests = workload.requests(model.config.vocab_size, args.requests)
     generate, options = importlib.import_module(f"chapters.{args.chapter}").generate, parse_options(args.option)
     generate(model, requests[:8], **options)  # warm-up: compile, allocate
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA] + [ProfilerActivity.CPU] * args.cpu) as prof:
         out = generate(model, requests, **options)
     steps = out.stats["steps"]
-    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_time_total > 0 and e.self_cpu_time_total == 0]
     total = sum(e.device_time_total for e in kernels)
     rows = sorted(({"kernel": e.key[:100], "kind": kernel_kind(e.key), "count": e.count,
                     "per_step": e.count / steps, "ms": e.device_time_total / 1e3,
@@ -244,9 +246,14 @@ def bench_profile(argv):
     for r in list(kinds.values()) + rows[:25]:
         console.print(f"{r['share']:6.1%} {r['ms']:9.1f} ms {r['per_step']:7.1f}/step  {r.get('kernel', r['kind'])}")
     console.print(f"{steps} steps, {total / 1e3:.0f} ms of kernels, {sum(r['per_step'] for r in rows):.0f} kernels a step")
+    cpu = sorted(({"op": e.key[:100], "count": e.count, "per_step": e.count / steps, "self_ms": e.self_cpu_time_total / 1e3}
+                  for e in events if e.self_cpu_time_total > 0), key=lambda r: -r["self_ms"])
+    for r in cpu[:25]:
+        console.print(f"CPU {r['self_ms']:9.1f} ms {r['per_step']:7.1f}/step  {r['op']}")
     if args.out:
         data = {"command": "python -m chapters.bench profile " + shlex.join(argv), "environment": environment(),
-                "steps": steps, "kernel_ms": total / 1e3, "kinds": list(kinds.values()), "kernels": rows}
+                "steps": steps, "kernel_ms": total / 1e3, "kinds": list(kinds.values()), "kernels": rows,
+                "cpu_ops": cpu[:100]}
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
 
 

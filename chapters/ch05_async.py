@@ -50,6 +50,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 import time
 from dataclasses import dataclass, field
@@ -179,6 +180,11 @@ class AsyncEngine(PagedEngine):
             self.attention = attention  # capture runs the model, which calls it
             self.capture_graphs()
         self.setup_s = time.perf_counter() - t
+        # Python's garbage collector, when it runs a full collection, walks every live object: after compiling
+        # and capturing, about a million, 0.3 s on the H200's host. Two such pauses cost W1 4% of its GPU time.
+        # Everything alive now lives until the run ends anyway: freeze it, out of the collector's sight.
+        gc.collect()
+        gc.freeze()
         return attention
 
     # ----- prepare: lists -> one slot's pinned buffer -> device (copy stream) ----------------------------
@@ -408,6 +414,7 @@ class AsyncEngine(PagedEngine):
     def finish_run(self):
         while self.in_flight:
             self.resolve(self.in_flight.pop(0))
+        gc.unfreeze()
 
     def summary(self) -> dict:
         stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs,
