@@ -39,6 +39,7 @@ def run_chapters(argv):
     p.add_argument("--workload", default="W1-small")
     p.add_argument("--preset", default=None)
     p.add_argument("--chapters", default=",".join(CHAPTERS))
+    p.add_argument("--requests", type=int, default=None, help="run only the first N requests of the workload")
     p.add_argument("--subset", action="append", default=[], help="CHAPTER=N: run only the first N requests")
     p.add_argument("--option", action="append", default=[], help="CHAPTER:NAME=VALUE, an engine option")
     p.add_argument("--out", default=None)
@@ -47,7 +48,7 @@ def run_chapters(argv):
     workload = get_workload(args.workload)
     dtype = default_dtype(args.device)
     model = from_config(args.preset or workload.preset, device=args.device, dtype=dtype)
-    requests = workload.requests(model.config.vocab_size)
+    requests = workload.requests(model.config.vocab_size, args.requests)
     subsets = {k: int(v) for k, v in (s.split("=") for s in args.subset)}
     options: dict[str, dict] = {}
     for o in args.option:

@@ -198,10 +198,9 @@ class AsyncEngine(PagedEngine):
         for ch in chunks:
             seq = ch.seq
             self.sync_table(seq)
-            for p in range(ch.start, ch.start + ch.n):
-                pending = seq.tokens[p] == PENDING  # hazard 2: the GPU fills it in from the last step
-                ids.append(0 if pending else seq.tokens[p])
-                carry.append(seq.carry_row if pending else -1)
+            tokens = seq.tokens[ch.start:ch.start + ch.n]  # hazard 2: a PENDING one the GPU fills in from the last step
+            ids += [0 if t == PENDING else t for t in tokens]
+            carry += [seq.carry_row if t == PENDING else -1 for t in tokens]
             positions += range(ch.start, ch.start + ch.n)
             index += self.cache.cache_index(seq, range(ch.start, ch.start + ch.n))
             lens.append(ch.start + ch.n)
