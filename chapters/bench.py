@@ -261,7 +261,9 @@ def bench_profile(argv):
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
-W1_FILES = ["h200_w1_ch02.json", "h200_w1_ch03.json", "h200_w1_ch01.json", "h200_w1.json"]
+W1_FILES = ["h200_w1_ch02.json", "h200_w1.json"]
+W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
+PEER_FILE = "h200_w1_64_transformers.json"  # transformers' continuous batching beside chapter 5, same requests
 CHAPTER_ROWS = [  # (result label, row name, idea)
     ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
     ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
@@ -308,11 +310,11 @@ def report(argv):
     sync_w1, async_w1 = latest["ch05_async@use_async=false"][0], latest["ch05_async"][0]
     plots.async_timeline({"sync": sync_w1["extra"]["timeline"], "async": async_w1["extra"]["timeline"]},
                          FIGURES / "async_timeline_w1.png", "ch05 on W1, decode steps 500-519, one H200", first=500)
-    w2 = {r["chapter"]: r for r in load("h200_w2short.json")["results"]}
+    w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
     plots.async_timeline({"sync": w2["ch05_async@use_async=false"]["extra"]["timeline"],
                           "async": w2["ch05_async"]["extra"]["timeline"]},
-                         FIGURES / "async_timeline_w2short.png", "ch05 on W2-short (llama3-8b shape), steps 500-519",
-                         first=500)
+                         FIGURES / "async_timeline_w2.png", "ch05 on W2 (llama3-8b shape), steps 4000-4019",
+                         first=4000)
     memory = load("fixed_memory_w1.json")
     plots.running_requests({r["engine"]: r["running"] for r in memory["results"]}, FIGURES / "fixed_memory_w1.png",
                            f"W1's first {memory['num_requests']} requests in the same KV memory "
@@ -327,13 +329,13 @@ def report(argv):
         console.print(f"{label} on W1: decode steps {decode_gpu:.2f} s of GPU work reading {kv_read / 1e12:.1f} TB of KV "
                       f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
                       f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
-    console.print(f"wrote figures and README results from {', '.join(W1_FILES)}, h200_w2short.json")
+    console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE, PEER_FILE])}")
 
 
 def results_markdown() -> str:
     """The README's results section, from the JSON files alone."""
     latest = w1_results()
-    w2 = {r["chapter"]: r for r in load("h200_w2short.json")["results"]}
+    w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
     ideas = {row: idea for _, row, idea in CHAPTER_ROWS}
     lines = ["| chapter | idea | script | notebook | H200 output tokens/s on W1 | gain over the previous | requests run |",
              "| --- | --- | --- | --- | ---: | ---: | ---: |"]
@@ -348,9 +350,20 @@ def results_markdown() -> str:
         lines.append(f"| {name} | {ideas[name]} | `{script}` | [notebook](chapters/{module}.ipynb) "
                      f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 |")
         prev = r["tokens_per_s"]
+    shown = {label for label, _, _ in CHAPTER_ROWS}
+    variants = [(label, r) for label, (r, f, _) in latest.items() if f == W1_FILES[-1] and label not in shown]
+    if variants:  # the same engines with other options, in the same run
+        lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
+        lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
+    peer = load(PEER_FILE)
+    lines += ["", f"transformers' own continuous batching (`transformers_cb`, {peer['results'][0]['note'] or 'W1'}: "
+              "the same machine, weights and requests, EOS ignored) beside chapter 5:", "",
+              "| engine | requests | output tokens/s | wall s | note |", "| --- | ---: | ---: | ---: | --- |"]
+    lines += [f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} | {r['note']} |"
+              for r in peer["results"]]
     for title, runs in (("W1, sync against async (the decode phase is the fair comparison: NOTES.md)", latest),
-                        ("W2-short (llama3-8b shape, 32 requests x 1024 new tokens), the seed article's experiment, "
-                         "shortened", {k: (v,) for k, v in w2.items()})):
+                        ("W2 (llama3-8b shape, 32 requests x 8192 new tokens), the seed article's experiment",
+                         {k: (v,) for k, v in w2.items()})):
         lines += ["", title + ":", "",
                   "| ch05 engine | wall s | output tokens/s | GPU busy, whole run | decode phase s | GPU busy, decode phase |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -376,7 +389,7 @@ def results_markdown() -> str:
     for _, (r, f, command) in latest.items():
         if (f, command) not in seen:
             seen.append((f, command))
-    seen += [("h200_w2short.json", load("h200_w2short.json")["command"]), ("cpu_w1small.json", cpu["command"])]
+    seen += [(f, load(f)["command"]) for f in (PEER_FILE, W2_FILE)] + [("cpu_w1small.json", cpu["command"])]
     lines += [f"- `{f}`: `{c}`" for f, c in seen]
     return "\n".join(lines)
 

@@ -195,7 +195,7 @@ if __name__ == "__main__" and MODEL_DIR:
 # `python -m chapters.ch01_naive` runs the tiny model on `W1-small` on the CPU in seconds;
 # `python -m chapters.ch01_naive --device cuda --preset qwen3-0.6b --workload W1 --requests 16`
 # measures a subset of W1 on a GPU (all of W1 would take about half an hour one request at a time).
-# On the H200, one request of W1 ran at 39 tokens/s (`figures/h200_w1_ch01.json`): each token is a
+# On the H200, one request of W1 ran at 36 tokens/s (`figures/h200_w1.json`): each token is a
 # forward pass of ~1000 small kernels launched from Python, and the GPU mostly waits for the next one.
 #
 # ## Exercises

@@ -21,7 +21,7 @@
 #
 # Chapter 1 reads every weight of the model to produce one token. A decode step is memory-bound: the
 # GPU spends its time moving weights, not multiplying. Feed it `B` requests at once and the same weight
-# read produces `B` tokens, almost for free. (On the H200, chapter 1 ran W1 at 39 tokens/s.)
+# read produces `B` tokens, almost for free. (On the H200, chapter 1 ran W1 at 36 tokens/s.)
 #
 # Requests differ in length, and a tensor is a rectangle. So we pad: every prompt is left-padded to
 # the longest in the batch (left, so that every request's *last* token sits in the same column and

@@ -23,8 +23,8 @@
 # Chapter 4's step is: schedule, prepare inputs, copy them over, run the model, sample, copy the tokens
 # back, update. Only the middle runs on the GPU; during everything else it waits for the CPU, and the CPU
 # waits for it at `.tolist()`. On the seed article's run that idle time was 24% of the wall clock; this
-# chapter's engine, run synchronously on the H200, left the GPU idle 32% of W1's decode phase and 12% of
-# W2-short's.
+# chapter's engine, run synchronously on the H200, left the GPU idle 21% of W1's decode phase and 11% of
+# W2's.
 #
 # The tokens of step N are needed to *update* the requests, but not to *schedule* step N+1: which
 # requests run and how many tokens each brings is known before the tokens' values are. So the CPU can
@@ -181,8 +181,9 @@ class AsyncEngine(PagedEngine):
             self.capture_graphs()
         self.setup_s = time.perf_counter() - t
         # Python's garbage collector, when it runs a full collection, walks every live object: after compiling
-        # and capturing, about a million, 0.3 s on the H200's host. Two such pauses cost W1 4% of its GPU time.
-        # Everything alive now lives until the run ends anyway: freeze it, out of the collector's sight.
+        # and capturing, about a million. On the H200 two pauses of 0.3 s each stalled W1's GPU (decode phase 91%
+        # busy, figures/h200_w1_before_gc_freeze.json); with everything alive now frozen out of the collector's
+        # sight (it lives until the run ends anyway), none did (99%).
         gc.collect()
         gc.freeze()
         return attention
@@ -334,7 +335,7 @@ class AsyncEngine(PagedEngine):
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=self.compute):
                         self.forward_and_sample(batch, slot, self.slots[1 - i], greedy=True)
-                    with on(self.compute):  # the first replay uploads the graph (0.2 s on the H200): now, not mid-run
+                    with on(self.compute):  # the first replay uploads the graph: now, not mid-run
                         graph.replay()
                 self.graphs[(size, i)] = graph
         torch.cuda.synchronize()
@@ -462,12 +463,14 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## The measurement
 #
-# `python -m chapters.bench --device cuda --workload W2-short --chapters ch05_async@use_async=false,ch05_async`
+# `python -m chapters.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async`
 # runs the same engine synchronously and asynchronously on the same requests, with the fraction of the
-# wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 the
-# synchronous loop left the GPU idle 1.0 ms between 8.0-ms decode steps (88% busy); asynchronously the
-# median gap was 1 us, and the run took 10.7% less time. `figures/async_timeline_w1.png` shows twenty
-# steps of W1, sync above async; NOTES.md has what still limits both.
+# wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
+# shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms
+# decode steps (89% busy); asynchronously the median gap was 1 us (99.5% busy) and the run took 10.5% less
+# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (6.6 ms), 6.58 s against 8.15 s, the
+# decode phase 99.3% busy against 78.8%. `figures/async_timeline_w1.png` shows twenty steps of W1, sync
+# above async; NOTES.md has what still limits both.
 #
 # ## Exercises
 #
