@@ -40,7 +40,7 @@ import time
 import torch
 
 from minigpt import (Clock, Completion, ModelConfig, Request, Sampler, finish_reason, max_total_len,
-                     token_progress, validate_requests)
+                     start_requests, token_progress)
 from minigpt.attention import causal_attention
 
 # %% [markdown]
@@ -101,7 +101,9 @@ def decode_one_token(model, cache, token: int) -> torch.Tensor:
 # Every chapter's engine has the same contract: `generate(requests) -> list[Completion]`, in request
 # order. Chapter 1 serves requests in order of arrival, each to completion before the next starts.
 # Stopping is the same in every chapter (`finish_reason`): an EOS token, `max_new_tokens`, or the
-# model's context.
+# model's context. So is bad input (`start_requests`): a request that cannot run (an empty prompt, a token
+# outside the vocabulary, `max_new_tokens` below 1, a prompt that fills the context) fails alone, before
+# any work, its completion saying `error` and what to change; the others run.
 
 # %%
 class NaiveEngine:
@@ -109,12 +111,10 @@ class NaiveEngine:
         self.model, self.config, self.progress = model, model.config, progress
 
     def generate(self, requests: list[Request]) -> list[Completion]:
-        validate_requests(requests, self.config)
+        completions, order = start_requests(requests, self.config)  # a request that cannot run fails alone
         clock = Clock(self.model.device)
         sampler = Sampler(requests, self.model.device)
-        completions = [Completion(arrival=r.arrival_time) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
-        total = sum(r.max_new_tokens for r in requests)
+        total = sum(requests[i].max_new_tokens for i in order)
         with token_progress(total, "ch01 naive", self.progress) as emit:
             for i in order:
                 wait = requests[i].arrival_time - clock.now()

@@ -40,8 +40,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
-                     max_total_len, token_progress, validate_requests)
+from minigpt import (Clock, Completions, ModelConfig, Request, Sampler, finish_reason,
+                     max_total_len, start_requests, token_progress)
 
 # %% [markdown]
 # ## The cache: one rectangle per batch
@@ -102,14 +102,12 @@ class PaddedEngine:
         self.stats = {"prefill_slots": 0, "prefill_pad": 0, "decode_slots": 0, "decode_idle": 0}
 
     def generate(self, requests: list[Request]) -> Completions:
-        validate_requests(requests, self.config)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        completions, order = start_requests(requests, self.config)
         clock = Clock(self.model.device)
         sampler = Sampler(requests, self.model.device)
-        completions = [Completion(arrival=r.arrival_time) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
-        with token_progress(sum(r.max_new_tokens for r in requests), "ch02 padded", self.progress) as emit:
+        with token_progress(sum(requests[i].max_new_tokens for i in order), "ch02 padded", self.progress) as emit:
             for b in range(0, len(order), self.batch_size):
                 batch = order[b:b + self.batch_size]
                 wait = max(requests[i].arrival_time for i in batch) - clock.now()

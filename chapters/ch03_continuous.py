@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
-                     max_total_len, token_progress, validate_requests)
+                     max_total_len, start_requests, token_progress)
 from minigpt.attention import causal_attention
 
 # %% [markdown]
@@ -334,18 +334,18 @@ class ContinuousEngine:
         self.scheduler.add(seq)
 
     def generate(self, requests: list[Request]) -> Completions:
-        validate_requests(requests, self.config)
-        if not requests:
-            return Completions([])
-        self.cache = self.make_cache(requests)
+        completions, order = start_requests(requests, self.config)
+        if not order:  # nothing to run
+            return Completions(completions)
+        self.num_requests = len(requests)
+        self.cache = self.make_cache([requests[i] for i in order])  # sized for the requests that can run
         self.attention = self.make_attention()
         self.scheduler = self.make_scheduler()
         self.sampler = Sampler(requests, self.device)
         self.clock = Clock(self.device)
         self.trace: list[dict] = []  # one entry per step, for the figures
-        completions = [Completion(arrival=r.arrival_time) for r in requests]
-        arrivals = deque(sorted(range(len(requests)), key=lambda i: requests[i].arrival_time))
-        with token_progress(sum(r.max_new_tokens for r in requests), self.name, self.progress) as self.emit:
+        arrivals = deque(order)
+        with token_progress(sum(requests[i].max_new_tokens for i in order), self.name, self.progress) as self.emit:
             while arrivals or self.has_work():
                 while arrivals and requests[arrivals[0]].arrival_time <= self.clock.now():
                     i = arrivals.popleft()

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from chapters import ch03_continuous
 from chapters.ch03_continuous import ContinuousEngine, PackedAttention, Scheduler, Sequence
-from minigpt import Completions, ModelConfig, Request, max_total_len
+from minigpt import Completions, ModelConfig, Request, fail, max_total_len
 
 try:
     import triton
@@ -382,10 +382,9 @@ class PagedEngine(ContinuousEngine):
     def admit(self, seq: Sequence):  # NEW: a request that can never fit fails alone
         need = self.cache.blocks_for(seq.max_len)
         if need > self.cache.num_blocks:
-            c = seq.completion
-            c.finish_reason = "error"
-            c.error = (f"request {seq.index}: up to {seq.max_len} tokens need {need} blocks of {self.block_size}, "
-                       f"but the pool has {self.cache.num_blocks}; raise num_blocks or lower max_new_tokens")
+            fail(seq.completion, f"request {seq.index}: up to {seq.max_len} tokens need {need} blocks of "
+                                 f"{self.block_size}, but the pool has {self.cache.num_blocks}; raise num_blocks or "
+                                 f"lower max_new_tokens")
             return
         super().admit(seq)
 

@@ -158,8 +158,9 @@ class AsyncEngine(PagedEngine):
         cache.free_blocks.remove(0)  # block 0 is scratch: padded graph rows write there
         cache.num_blocks -= 1  # the blocks requests can have
         self.width = max(cache.blocks_for(max_total_len(r, self.config)) for r in requests)  # table width
-        self.tables = torch.zeros(len(requests), self.width, dtype=torch.long)  # host copy of every table
-        self.table_seen, self.table_len = [None] * len(requests), [0] * len(requests)
+        n = self.num_requests  # a row per request given to generate (indexed as they were given)
+        self.tables = torch.zeros(n, self.width, dtype=torch.long)  # host copy of every table
+        self.table_seen, self.table_len = [None] * n, [0] * n
         return cache
 
     def make_attention(self):

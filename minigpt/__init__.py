@@ -1,6 +1,6 @@
 """minigpt: the model and everything in the book that is not a batching idea."""
 from .config import PRESETS, ModelConfig, get_config
-from .engine import Completion, Completions, Request, Sampler, finish_reason, max_total_len, validate_requests
+from .engine import Completion, Completions, Request, Sampler, fail, finish_reason, max_total_len, start_requests
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
 from .metrics import Clock, RunResult, load_results, results_table, save_results, token_progress
 from .model import Transformer
@@ -8,7 +8,7 @@ from .workloads import WORKLOADS, Workload, get_workload
 
 __all__ = [
     "PRESETS", "ModelConfig", "get_config", "Completion", "Completions", "Request", "Sampler", "finish_reason",
-    "max_total_len", "validate_requests", "from_config", "load_pretrained", "load_tokenizer", "stream_text", "Clock",
+    "max_total_len", "start_requests", "fail", "from_config", "load_pretrained", "load_tokenizer", "stream_text", "Clock",
     "RunResult", "load_results", "results_table", "save_results", "token_progress", "Transformer",
     "WORKLOADS", "Workload", "get_workload",
 ]

@@ -98,6 +98,8 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
         warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
         generate(model, warm, **options)
     completions = generate(model, requests, progress=progress, **options)
+    if failed := [c.error for c in completions if c.error]:
+        console.print(f"[red]{name}: {len(failed)} request(s) failed[/red], the first: {escape(failed[0])}")
     # From the engine's start (after its one-time setup: cache allocation, graph capture) to the last token.
     wall = max((c.token_times[-1] for c in completions if c.token_times), default=0.0)
     note = f"first {len(requests)} requests" if len(requests) < get_workload(workload).num_requests else ""
@@ -120,7 +122,8 @@ def run_text(chapter, model, tokenizer, args, options):
     completions = chapter_module(chapter).generate(model, requests, progress=printer if stream else False, **options)
     for p, c in zip(args.prompt, completions):
         text = "" if stream else escape(p + tokenizer.decode(c.tokens))
-        console.print(text + f"  [dim]({c.finish_reason}, {len(c.tokens)} tokens)[/dim]", highlight=False)
+        why = f": {escape(c.error)}" if c.error else ""
+        console.print(text + f"  [dim]({c.finish_reason}, {len(c.tokens)} tokens{why})[/dim]", highlight=False)
     return []
 
 

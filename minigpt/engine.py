@@ -51,30 +51,46 @@ class Completions(list):
         self.stats = stats or {}
 
 
-def validate_requests(requests: list[Request], config: ModelConfig) -> None:
-    """Raise ValueError naming the request and the field, before any work starts."""
-    if not isinstance(requests, (list, tuple)):
-        raise ValueError(f"requests must be a list of Request, got {type(requests).__name__}")
+def request_error(r: Request, config: ModelConfig) -> str:
+    """Why this request cannot run, naming the field and what to change; '' when it can."""
     V, N = config.vocab_size, config.max_position_embeddings
+    if len(r.prompt_ids) == 0:
+        return "prompt_ids is empty; give at least one token (e.g. the BOS token)"
+    bad = [t for t in r.prompt_ids if not (isinstance(t, int) and 0 <= t < V)]
+    if bad:
+        return f"prompt_ids holds {bad[0]!r}, outside the vocabulary 0..{V - 1}"
+    if not isinstance(r.max_new_tokens, int) or r.max_new_tokens <= 0:
+        return f"max_new_tokens must be a positive integer, got {r.max_new_tokens!r}"
+    if len(r.prompt_ids) >= N:
+        return (f"prompt_ids has {len(r.prompt_ids)} tokens but the model's context holds {N} "
+                f"(max_position_embeddings) including at least one new token; shorten the prompt")
+    if r.temperature < 0 or not (0 < r.top_p <= 1) or r.top_k < 0:
+        return (f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {r.temperature}, {r.top_p}, "
+                f"{r.top_k}")
+    return ""
+
+
+def fail(completion: Completion, message: str) -> None:
+    completion.finish_reason, completion.error = "error", message
+
+
+def start_requests(requests: list[Request], config: ModelConfig) -> tuple[list[Completion], list[int]]:
+    """A completion per request, and the indices of the requests that can run, in order of arrival.
+
+    A request that cannot run fails alone, before any work: its completion says 'error' and why (the
+    request's index, the field, what to change); the others run. Only what is not a list of Request
+    raises, as the programming error it is."""
+    if not isinstance(requests, (list, tuple)):
+        raise TypeError(f"requests must be a list of Request, got {type(requests).__name__}")
+    completions = []
     for i, r in enumerate(requests):
-        where = f"request {i}"
         if not isinstance(r, Request):
-            raise ValueError(f"{where}: expected a minigpt.Request, got {type(r).__name__}")
-        if len(r.prompt_ids) == 0:
-            raise ValueError(f"{where}: prompt_ids is empty; give at least one token (e.g. the BOS token)")
-        bad = [t for t in r.prompt_ids if not (isinstance(t, int) and 0 <= t < V)]
-        if bad:
-            raise ValueError(f"{where}: prompt_ids holds {bad[0]!r}, outside the vocabulary 0..{V - 1}")
-        if not isinstance(r.max_new_tokens, int) or r.max_new_tokens <= 0:
-            raise ValueError(f"{where}: max_new_tokens must be a positive integer, got {r.max_new_tokens!r}")
-        if len(r.prompt_ids) >= N:
-            raise ValueError(
-                f"{where}: prompt_ids has {len(r.prompt_ids)} tokens but the model's context holds {N} "
-                f"(max_position_embeddings) including at least one new token; shorten the prompt"
-            )
-        if r.temperature < 0 or not (0 < r.top_p <= 1) or r.top_k < 0:
-            raise ValueError(f"{where}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got "
-                             f"{r.temperature}, {r.top_p}, {r.top_k}")
+            raise TypeError(f"request {i}: expected a minigpt.Request, got {type(r).__name__}")
+        completions.append(Completion(arrival=r.arrival_time))
+        if error := request_error(r, config):
+            fail(completions[i], f"request {i}: {error}")
+    runnable = [i for i, c in enumerate(completions) if not c.error]
+    return completions, sorted(runnable, key=lambda i: requests[i].arrival_time)
 
 
 def max_total_len(request: Request, config: ModelConfig) -> int:

@@ -61,8 +61,9 @@ def test_sampled_requests_and_mixed_paths(model):
 
 
 def test_bad_input_and_too_big_request(model):
-    with pytest.raises(ValueError, match="request 0: prompt_ids is empty"):
-        ch05_async.generate(model, [Request([], 3)])
+    out = ch05_async.generate(model, [Request([], 3), Request([2, 3], 4)])
+    assert out[0].finish_reason == "error" and "request 0: prompt_ids is empty" in out[0].error
+    assert out[1].tokens == ch01_naive.generate(model, [Request([2, 3], 4)])[0].tokens
     out = ch05_async.generate(model, [Request([1], 5), Request(list(range(50)), 50)], num_blocks=4, block_size=8)
     assert out[1].finish_reason == "error" and len(out[0].tokens) == 5
 

@@ -2,7 +2,7 @@
 import pytest
 
 import minigpt
-from chapters import ch01_naive, ch02_padded, ch03_continuous
+from chapters import ch01_naive, ch02_padded, ch03_continuous, ch04_paged, ch05_async
 from minigpt import Request
 from minigpt.reference import hf_greedy
 from tests.conftest import mixed_requests
@@ -67,14 +67,17 @@ def test_sampled_tokens_do_not_depend_on_batch_mates(module, model):
     assert module.generate(model, others + [r])[-1].tokens == alone
 
 
-@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous])
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous, ch04_paged, ch05_async])
 @pytest.mark.parametrize("bad,message", [(Request([], 5), "prompt_ids is empty"),
                                          (Request([1, 99999], 5), "outside the vocabulary"),
                                          (Request([1], 0), "max_new_tokens"),
                                          (Request([1] * 5000, 1), "context holds")])
-def test_bad_input(module, bad, message, model):
-    with pytest.raises(ValueError, match=f"request 1: .*{message}"):
-        module.generate(model, [Request([1], 2), bad])
+def test_a_bad_request_fails_alone(module, bad, message, model):
+    good = [Request([1], 2), Request([3, 4], 3, arrival_time=0.01)]
+    out = module.generate(model, [good[0], bad, good[1]])
+    assert out[1].finish_reason == "error" and out[1].tokens == [] and message in out[1].error
+    assert [c.tokens for c in (out[0], out[2])] == [c.tokens for c in ch01_naive.generate(model, good)]
+    assert module.generate(model, [bad])[0].finish_reason == "error"  # nothing left to run
 
 
 def test_padding_waste_is_measured(model, workload):

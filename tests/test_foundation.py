@@ -1,5 +1,6 @@
 """minigpt and chapter 1 against transformers: loading, logits, greedy tokens, bad input."""
 import json
+import re
 
 import pytest
 import torch
@@ -97,10 +98,19 @@ BAD = [
 
 
 @pytest.mark.parametrize("bad,message", BAD)
-def test_bad_input_raises_naming_request_and_field(bad, message):
+def test_a_bad_request_fails_alone_naming_itself_and_the_field(bad, message):
     model = minigpt.from_config("tiny")
-    with pytest.raises(ValueError, match=f"request 1: .*{message}"):
-        ch01_naive.generate(model, [Request([1, 2], 3), bad])
+    good = [Request([1, 2], 3), Request([5, 6, 7], 4)]
+    out = ch01_naive.generate(model, [good[0], bad, good[1]])
+    assert out[1].finish_reason == "error" and out[1].tokens == []
+    assert re.search(f"request 1: .*{message}", out[1].error), out[1].error
+    assert [c.tokens for c in (out[0], out[2])] == [c.tokens for c in ch01_naive.generate(model, good)]
+
+
+def test_what_is_not_a_list_of_requests_raises():
+    model = minigpt.from_config("tiny")
+    with pytest.raises(TypeError, match="request 1: expected a minigpt.Request"):
+        ch01_naive.generate(model, [Request([1], 2), [1, 2]])
 
 
 def test_load_errors_are_clear(tmp_path):
