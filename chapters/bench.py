@@ -214,6 +214,7 @@ def kernel_kind(name: str) -> str:
 
 def bench_profile(argv):
     """Where a chapter's GPU time goes: torch.profiler over one run, its kernels grouped by name and kind."""
+    import dataclasses
     import importlib
 
     from torch.profiler import ProfilerActivity, profile
@@ -223,12 +224,15 @@ def bench_profile(argv):
     p.add_argument("--workload", default="W1")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--option", action="append", default=[], help="NAME=VALUE, an engine option")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap each request's output (a shorter run)")
     p.add_argument("--cpu", action="store_true", help="also the CPU side: the top operators by their own CPU time")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     workload = get_workload(args.workload)
     model = from_config(workload.preset, device="cuda", dtype=torch.bfloat16)
     requests = workload.requests(model.config.vocab_size, args.requests)
+    if args.max_new_tokens:  # the CPU side's profile grows with every operator of every step: keep it short
+        requests = [dataclasses.replace(r, max_new_tokens=min(r.max_new_tokens, args.max_new_tokens)) for r in requests]
     generate, options = importlib.import_module(f"chapters.{args.chapter}").generate, parse_options(args.option)
     generate(model, requests[:8], **options)  # warm-up: compile, allocate
     with profile(activities=[ProfilerActivity.CUDA] + [ProfilerActivity.CPU] * args.cpu) as prof:
@@ -268,7 +272,7 @@ CHAPTER_ROWS = [  # (result label, row name, idea)
     ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
     ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
     ("ch03_continuous", "ch03_continuous", "ragged batches, token budget, chunked prefill"),
-    ("ch04_paged", "ch04_paged", "paged KV cache, Triton paged attention, preemption"),
+    ("ch04_paged", "ch04_paged", "paged KV cache, Triton paged attention, preemption, compiled layers"),
     ("ch05_async@use_async=false", "ch05_async (sync)", "ch05's engine, synchronous: graphs, no overlap"),
     ("ch05_async", "ch05_async", "streams + events, carry-over, CUDA graphs"),
 ]

@@ -197,7 +197,8 @@ class SlotCache:
 #   packed contexts, the mask keeping each chunk to its own sequence. That computes a full
 #   (tokens x context) score matrix, most of it masked: for 8192 prompt tokens from 14 prompts, 14x
 #   the useful work. On a GPU in half precision, FlashAttention's *variable-length* kernel (PyTorch
-#   ships it) computes only each chunk's own block, told where they start by cumulative lengths.
+#   ships it) computes only each chunk's own block, told where they start by cumulative lengths. (On the
+#   H200, W1's 8192-token prefill steps went from 83-126 ms to 27-39 ms: NOTES.md.)
 
 # %%
 @dataclass
