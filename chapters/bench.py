@@ -416,6 +416,8 @@ def write_readme_results():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["attention"], ["profile"]) and not torch.cuda.is_available():
+        raise SystemExit(f"`python -m chapters.bench {argv[0]}` measures CUDA kernels: it needs a CUDA GPU")
     if argv[:1] == ["attention"]:
         return bench_attention(argv[1:])
     if argv[:1] == ["memory"]:
