@@ -182,7 +182,7 @@ class AsyncEngine(PagedEngine):
             self.capture_graphs()
         self.setup_s = time.perf_counter() - t
         # Python's garbage collector, when it runs a full collection, walks every live object: after compiling
-        # and capturing, about a million. On the H200 two pauses of 0.3 s each stalled W1's GPU (decode phase 91%
+        # and capturing, hundreds of thousands. On the H200 two pauses of 0.3 s each stalled W1's GPU (decode phase 91%
         # busy, figures/h200_w1_before_gc_freeze.json); with everything alive now frozen out of the collector's
         # sight (it lives until the run ends anyway), none did (99%).
         gc.collect()
