@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import accumulate
 from dataclasses import dataclass, field
 
 import torch
@@ -338,7 +339,7 @@ class ContinuousEngine:
         completions, order = start_requests(requests, self.config)
         if not order:  # nothing to run
             return Completions(completions)
-        self.num_requests = len(requests)
+        self.num_requests = len(requests)  # (chapter 5 keeps a row of host data per request, by index)
         self.cache = self.make_cache([requests[i] for i in order])  # sized for the requests that can run
         self.attention = self.make_attention()
         self.scheduler = self.make_scheduler()
@@ -376,16 +377,14 @@ class ContinuousEngine:
     def prepare(self, chunks: list[Chunk]) -> Batch:
         """Python lists -> one flat batch of tensors on the device."""
         ids, positions, index, logits_at, sampled = [], [], [], [], []
-        q_chunk, ctx_chunk, ctx_pos, rows = [], [], [], []  # prompt chunks: who sees what
-        for j, ch in enumerate(chunks):
+        packed, rows = [], []  # the chunks that attend through the packed context, and its cache rows
+        for ch in chunks:
             span = range(ch.start, ch.start + ch.n)
             ids += ch.seq.tokens[ch.start:ch.start + ch.n]
             positions += span
             index += self.cache.cache_index(ch.seq, span)
-            if self.reference or not ch.seq.decoding:  # the chunks that attend through the packed context
-                q_chunk += [j] * ch.n
-                ctx_chunk += [j] * (ch.start + ch.n)
-                ctx_pos += range(ch.start + ch.n)
+            if self.reference or not ch.seq.decoding:
+                packed.append(ch)
                 rows += self.cache.cache_index(ch.seq, range(ch.start + ch.n))
             if ch.samples:
                 logits_at.append(len(ids) - 1)
@@ -393,15 +392,14 @@ class ContinuousEngine:
         decode = [ch.seq for ch in chunks if ch.seq.decoding]
         t = lambda x, dtype=torch.long: torch.tensor(x, dtype=dtype, device=self.device)  # noqa: E731
         mask = varlen = None
-        prompt = [ch for ch in chunks if not ch.seq.decoding]
-        if self.varlen and prompt:  # where each prompt chunk's queries and context start in the packed rows
-            cu_q, cu_k = [0], [0]
-            for ch in prompt:
-                cu_q.append(cu_q[-1] + ch.n)
-                cu_k.append(cu_k[-1] + ch.start + ch.n)
-            varlen = (t(cu_q, torch.int32), t(cu_k, torch.int32), max(ch.n for ch in prompt),
-                      max(ch.start + ch.n for ch in prompt))
-        elif not self.varlen:
+        if packed and self.varlen:  # where each prompt chunk's queries and context start in the packed rows
+            varlen = (t([0, *accumulate(ch.n for ch in packed)], torch.int32),
+                      t([0, *accumulate(ch.start + ch.n for ch in packed)], torch.int32),
+                      max(ch.n for ch in packed), max(ch.start + ch.n for ch in packed))
+        elif packed and not self.reference:  # who sees what: (chunk, position) of every query and context entry
+            q_chunk = [j for j, ch in enumerate(packed) for _ in range(ch.n)]
+            ctx_chunk = [j for j, ch in enumerate(packed) for _ in range(ch.start + ch.n)]
+            ctx_pos = [p for ch in packed for p in range(ch.start + ch.n)]
             mask = prefill_mask(t(q_chunk), t(positions[len(positions) - len(q_chunk):]), t(ctx_chunk), t(ctx_pos))
         return Batch(chunks, t(ids), t(positions), t(index), t(logits_at), len(decode),
                      t([len(s.tokens) for s in decode]), t(self.cache.decode_layout(decode)),

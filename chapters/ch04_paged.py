@@ -352,8 +352,8 @@ class PagedEngine(ContinuousEngine):
         super().__init__(model, **options)
         # NEW: fused layers. True: on a GPU only (on the CPU, compiling takes longer than the runs it would
         # speed up); a torch.compile backend name: that backend anywhere (the tests trace with "eager").
-        self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else ""
-        model.compile_layers(bool(self.compile), self.compile or "inductor")
+        self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else None
+        model.compile_layers(self.compile)
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction

@@ -91,7 +91,7 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
 def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True) -> RunResult:
     """Warm up (excluded), then time one run of `name` from the first submit to the last token."""
     generate = chapter_module(name).generate
-    model.compile_layers(False)  # every chapter starts from the eager model (chapter 4 on compiles its own)
+    model.compile_layers(None)  # every chapter starts from the eager model (chapter 4 on compiles its own)
     # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
     # paid here, not in the run. (The first H200 runs warmed up with 8-token prompts only; NOTES.md.)
     for n, prompt_len in ((4, 8), (48, None)):

@@ -148,18 +148,18 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    def compile_layers(self, enable: bool = True, backend: str = "inductor"):
+    def compile_layers(self, backend: str | None = "inductor"):
         """Have torch.compile fuse each layer's small kernels before and after attention (about 30 a layer
         eager, most of them elementwise; NOTES.md has what it saves on the H200). The attention object stays
         outside, eager. All layers share one compiled code, compiled here, not mid-run: for 1 token (sizes 0
-        and 1 are always specialised) and for any number of tokens. `enable=False` puts the eager methods back."""
+        and 1 are always specialised) and for any number of tokens. `backend=None` puts the eager methods
+        back; `backend="eager"` traces without generating kernels (the CPU tests)."""
         for layer in self.layers:
             for name in ("before_attention", "after_attention"):
-                if enable and name not in vars(layer):
+                vars(layer).pop(name, None)  # the eager method, from the class
+                if backend:  # (compiling again is cheap: the compiled code is cached with the function's code)
                     setattr(layer, name, torch.compile(getattr(layer, name), backend=backend))
-                elif not enable:
-                    vars(layer).pop(name, None)
-        if not enable:
+        if not backend:
             return
         c, layer = self.config, self.layers[0]
         with torch.inference_mode():  # as the engines run it (the compiled code is guarded on the grad mode)

@@ -217,5 +217,5 @@ def test_compiled_layers_give_the_same_tokens_and_never_recompile_mid_run(model)
             assert "before_attention" in vars(model.layers[0])
         assert counters["stats"]["unique_graphs"] == 4, "two halves, each for 1 token and for any number"
     finally:
-        model.compile_layers(False)
+        model.compile_layers(None)
     assert "before_attention" not in vars(model.layers[0])
