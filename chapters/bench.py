@@ -360,8 +360,8 @@ def results_markdown() -> str:
         lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
         lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
     peer = load(PEER_FILE)
-    lines += ["", f"transformers' own continuous batching (`transformers_cb`, {peer['results'][0]['note'] or 'W1'}: "
-              "the same machine, weights and requests, EOS ignored) beside chapter 5:", "",
+    lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
+              f"{peer['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):", "",
               "| engine | requests | output tokens/s | wall s | note |", "| --- | ---: | ---: | ---: | --- |"]
     lines += [f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} | {r['note']} |"
               for r in peer["results"]]
