@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, get_config
-from .model import Transformer, rope_frequencies
+from .model import Transformer, fuse_hf_names, rope_frequencies
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
@@ -94,7 +94,7 @@ def load_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.f
             state[name.removeprefix("model.")] = tensor.to(dtype)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(fuse_hf_names(state, config), strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     unexpected = [u for u in unexpected if not u.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:

@@ -71,9 +71,9 @@ class SelfAttention(nn.Module):
         super().__init__()
         c, bias = config, config.attention_bias
         self.layer, self.n_heads, self.n_kv, self.d = layer, c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=bias)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=bias)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=bias)
+        # Hugging Face's q_proj, k_proj and v_proj stacked into one matrix (FUSED, below): one matmul, not three.
+        self.sizes = fused_sizes(c)["self_attn.qkv_proj"]
+        self.qkv_proj = nn.Linear(c.hidden_size, sum(self.sizes), bias=bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
@@ -82,25 +82,26 @@ class SelfAttention(nn.Module):
     def qkv(self, x, cos, sin):
         """Project to queries, keys and values; normalise (Qwen3) and rotate q and k."""
         T = x.shape[0]
-        q = self.q_proj(x).view(T, self.n_heads, self.d)  # (T, H, D)
-        k = self.k_proj(x).view(T, self.n_kv, self.d)  # (T, Hkv, D)
-        v = self.v_proj(x).view(T, self.n_kv, self.d)  # (T, Hkv, D)
+        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        q = q.view(T, self.n_heads, self.d)  # (T, H, D)
+        k = k.view(T, self.n_kv, self.d)  # (T, Hkv, D)
+        v = v.view(T, self.n_kv, self.d)  # (T, Hkv, D)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up as one matmul."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -126,8 +127,46 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+# Projections that read the same input are one matmul here, several in Hugging Face checkpoints: at decode
+# a matmul of a few hundred rows costs about as much as its launch, whatever its width.
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fused_sizes(config: ModelConfig) -> dict[str, list[int]]:
+    """The output widths of each FUSED projection's parts."""
+    c = config
+    return {"self_attn.qkv_proj": [c.num_attention_heads * c.head_dim] + [c.num_key_value_heads * c.head_dim] * 2,
+            "mlp.gate_up_proj": [c.intermediate_size] * 2}
+
+
+def fuse_hf_names(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """A Hugging Face state dict (without the leading `model.`) -> ours: the FUSED parts concatenated."""
+    state = dict(state)
+    for i in range(config.num_hidden_layers):
+        for fused, parts in FUSED.items():
+            for suffix in ("weight", "bias"):
+                names = [f"layers.{i}.{part}.{suffix}" for part in parts]
+                if all(n in state for n in names):
+                    state[f"layers.{i}.{fused}.{suffix}"] = torch.cat([state.pop(n) for n in names])
+    return state
+
+
+def split_to_hf_names(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """fuse_hf_names undone: our state dict -> Hugging Face's names and shapes."""
+    state, sizes = dict(state), fused_sizes(config)
+    for i in range(config.num_hidden_layers):
+        for fused, parts in FUSED.items():
+            for suffix in ("weight", "bias"):
+                tensor = state.pop(f"layers.{i}.{fused}.{suffix}", None)
+                if tensor is not None:
+                    pieces = tensor.split(sizes[fused])
+                    state.update({f"layers.{i}.{part}.{suffix}": piece for part, piece in zip(parts, pieces)})
+    return state
+
+
 class Transformer(nn.Module):
-    """Parameter names match Hugging Face's, without the leading `model.`, so checkpoints load as they are."""
+    """Parameter names match Hugging Face's, without the leading `model.`, except the FUSED projections."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .engine import Request
-from .model import Transformer
+from .model import Transformer, split_to_hf_names
 
 
 def to_hf(model: Transformer):
@@ -26,8 +26,11 @@ def to_hf(model: Transformer):
     else:
         cls, cfg = transformers.LlamaForCausalLM, transformers.LlamaConfig(**common, rope_scaling=c.rope_scaling)
     hf = cls(cfg).to(dtype=model.dtype, device=model.device).eval()
-    state = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in model.state_dict().items()}
-    hf.load_state_dict(state, strict=False)
+    ours = split_to_hf_names(model.state_dict(), c)
+    state = {(k if k == "lm_head.weight" else "model." + k): v for k, v in ours.items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (c.tie_word_embeddings and m == "lm_head.weight")]
+    assert not missing and not unexpected, f"weights do not map onto transformers': {missing[:5]}, {unexpected[:5]}"
     return hf
 
 
