@@ -54,7 +54,7 @@ def run_chapters(argv):
     for o in args.option:
         chapter, kv = o.split(":", 1)
         options.setdefault(chapter, {}).update(parse_options([kv]))
-    results = []
+    results, failed = [], {}
     for label in args.chapters.split(","):
         # "ch05_async@use_async=false": a chapter with options of its own, labelled as given
         name, _, variant = label.partition("@")
@@ -63,14 +63,15 @@ def run_chapters(argv):
         if name == "transformers_cb":  # the peer, on the same machine, weights and requests
             try:
                 results.append(transformers_cb(model, subset, workload.name, args.device, label, **opts))
-            except Exception as e:  # an optional comparison: say why, and go on with the chapters
-                console.print(f"[red]{label} failed[/red]: {type(e).__name__}: {e}")
-                continue
+            except Exception as e:  # an optional comparison: say why (in the results too), go on with the chapters
+                failed[label] = f"{type(e).__name__}: {e}"
+                console.print(f"[red]{label} failed[/red]: {failed[label]}")
         else:
             results.append(measure(name, model, subset, workload.name, opts, label=label, progress=not args.no_progress))
-        console.print(results_table(results[-1:], ""))
+        if label not in failed:
+            console.print(results_table(results[-1:], ""))
         if args.out:  # write as we go: a long run that is cut off keeps what it measured
-            save_results(results, args.out, command="python -m chapters.bench " + shlex.join(argv))
+            save_results(results, args.out, command="python -m chapters.bench " + shlex.join(argv), failed=failed)
     console.print(results_table(results, f"{workload.name} on {args.device}: {model.config.name}, {dtype}"))
 
 
@@ -83,11 +84,12 @@ def copy_ceiling(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") / 1e9
 
 
-def transformers_generate(model, requests, use_async: bool = False) -> tuple[list[list[int]], float]:
+def transformers_generate(model, requests, use_async: bool = False, deadline_s: float = 600.0
+                          ) -> tuple[list[list[int]], float, str]:
     """transformers' own continuous batching (`continuous_batching_context_manager`) on the same weights and
-    requests, EOS ignored, each request with its own max_new_tokens. Returns each request's tokens and the wall
-    time from the first request to the last result; its warm-up (graph capture) is excluded. Its async mode
-    needs CUDA."""
+    requests, EOS ignored, each request with its own max_new_tokens. Returns each request's tokens, the wall
+    time from the first request to the last result (its warm-up excluded) and the attention it ran. Its async mode
+    needs CUDA. Gives up (RuntimeError) when the requests are not all done after `deadline_s`."""
     import time
 
     import transformers
@@ -107,31 +109,38 @@ def transformers_generate(model, requests, use_async: bool = False) -> tuple[lis
         block=True, timeout=5, warmup=True, workload_hints=hints)
     done = {}
     with manager_cm as manager:
+        attention = hf.config._attn_implementation  # without flash-attn installed: "paged|sdpa", masks, no graphs
         start = time.perf_counter()
         for i, r in enumerate(requests):
             manager.add_request(r.prompt_ids, request_id=f"r{i}", max_new_tokens=r.max_new_tokens)
         while len(done) < len(requests):
+            if time.perf_counter() - start > deadline_s:
+                tokens = sum(len(r.generated_tokens) for r in done.values())
+                raise RuntimeError(f"{len(done)} of {len(requests)} requests ({tokens} tokens) done after {deadline_s:.0f} s")
             result = manager.get_result(timeout=1)
+            if result is not None and result.error:  # it fails the requests in flight when its loop fails
+                raise RuntimeError(f"its request {result.request_id} failed after {len(done)} of {len(requests)} "
+                                   f"were done: {result.error}")
             if result is not None and result.is_finished():
                 done[result.request_id] = result
             elif result is None and not manager.is_running():
                 raise RuntimeError(f"its manager stopped with {len(done)} of {len(requests)} requests done")
         wall = time.perf_counter() - start
-    return [list(done[f"r{i}"].generated_tokens) for i in range(len(requests))], wall
+    return [list(done[f"r{i}"].generated_tokens) for i in range(len(requests))], wall, attention
 
 
-def transformers_cb(model, requests, workload: str, device: str, label: str, use_async: bool = False):
-    """transformers' continuous batching as one more row of the bench."""
+def transformers_cb(model, requests, workload: str, device: str, label: str, **options):
+    """transformers' continuous batching as one more row of the bench (options: use_async, deadline_s)."""
     import transformers
 
     from minigpt import RunResult
 
-    tokens, wall = transformers_generate(model, requests, use_async)
+    tokens, wall, attention = transformers_generate(model, requests, **options)
     total = sum(len(t) for t in tokens)
     return RunResult(chapter=label, workload=workload, preset=model.config.name, device=device,
                      dtype=str(model.dtype).removeprefix("torch."), num_requests=len(requests), output_tokens=total,
                      wall_s=wall, tokens_per_s=total / wall, ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
-                     note="transformers " + transformers.__version__ + (" async" if use_async else " sync"))
+                     note=f"transformers {transformers.__version__} {'async' if options.get('use_async') else 'sync'}, {attention}")
 
 
 def bench_attention(argv):
@@ -267,7 +276,8 @@ FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
 W1_FILES = ["h200_w1_ch02.json", "h200_w1.json"]
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
-PEER_FILE = "h200_w1_64_transformers.json"  # transformers' continuous batching beside chapter 5, same requests
+# transformers' continuous batching beside chapter 5 on the same requests; its async mode in a run of its own
+PEER_FILES = ["h200_w1_64_transformers.json", "h200_w1_64_transformers_async.json"]
 CHAPTER_ROWS = [  # (result label, row name, idea)
     ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
     ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
@@ -333,7 +343,7 @@ def report(argv):
         console.print(f"{label} on W1: decode steps {decode_gpu:.2f} s of GPU work reading {kv_read / 1e12:.1f} TB of KV "
                       f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
                       f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
-    console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE, PEER_FILE])}")
+    console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE] + PEER_FILES)}")
 
 
 def results_markdown() -> str:
@@ -359,12 +369,15 @@ def results_markdown() -> str:
     if variants:  # the same engines with other options, in the same run
         lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
         lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
-    peer = load(PEER_FILE)
+    peers = [load(f) for f in PEER_FILES]
     lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
-              f"{peer['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):", "",
-              "| engine | requests | output tokens/s | wall s | note |", "| --- | ---: | ---: | ---: | --- |"]
-    lines += [f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} | {r['note']} |"
-              for r in peer["results"]]
+              f"{peers[0]['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):",
+              "", "| engine | requests | output tokens/s | wall s | note |", "| --- | ---: | ---: | ---: | --- |"]
+    for peer in peers:
+        cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
+        lines += [f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} | {cell(r['note'])} |"
+                  for r in peer["results"]]
+        lines += [f"| {cell(label)} | | | | no result: {cell(why)} |" for label, why in peer.get("failed", {}).items()]
     for title, runs in (("W1, sync against async (the decode phase is the fair comparison: NOTES.md)", latest),
                         ("W2 (llama3-8b shape, 32 requests x 8192 new tokens), the seed article's experiment",
                          {k: (v,) for k, v in w2.items()})):
@@ -393,7 +406,7 @@ def results_markdown() -> str:
     for _, (r, f, command) in latest.items():
         if (f, command) not in seen:
             seen.append((f, command))
-    seen += [(f, load(f)["command"]) for f in (PEER_FILE, W2_FILE)] + [("cpu_w1small.json", cpu["command"])]
+    seen += [(f, load(f)["command"]) for f in PEER_FILES + [W2_FILE]] + [("cpu_w1small.json", cpu["command"])]
     lines += [f"- `{f}`: `{c}`" for f, c in seen]
     return "\n".join(lines)
 

@@ -109,10 +109,12 @@ def environment() -> dict:
     return env
 
 
-def save_results(results: list[RunResult], path: str | Path, command: str = "") -> Path:
+def save_results(results: list[RunResult], path: str | Path, command: str = "", failed: dict | None = None) -> Path:
+    """The runs as JSON; `failed`: label -> why, for runs that gave no result."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"command": command, "environment": environment(), "results": [asdict(r) for r in results]}
+    data = {"command": command, "environment": environment(), "results": [asdict(r) for r in results],
+            "failed": failed or {}}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

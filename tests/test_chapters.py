@@ -103,5 +103,5 @@ def test_transformers_continuous_batching_gives_our_tokens():
 
     model = minigpt.from_config("tiny")
     requests = minigpt.get_workload("W1-small").requests(model.config.vocab_size, 8)
-    tokens, _ = transformers_generate(model, requests)
+    tokens, _, _ = transformers_generate(model, requests)
     assert tokens == [c.tokens for c in ch01_naive.generate(model, requests)]
