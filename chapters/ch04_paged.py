@@ -338,10 +338,12 @@ class PagedAttention(PackedAttention):
 # concatenate, two products and a sum, for q and for k) took 16%. Each of those kernels reads and writes a
 # few hundred kilobytes and is over in microseconds. On a GPU the engine therefore has `torch.compile`
 # fuse each layer's chains of small kernels, before and after attention (`compile=True`, see
-# `Transformer.compile_layers`); the attention object itself stays eager. Fewer kernels: 682 a step. This
-# chapter itself gains little from it (6,389 tokens/s on W1 against 6,208 without): its steps wait on the
-# CPU, 21 ms each for 6.6 ms of GPU work. Chapter 5, whose decode steps replay as CUDA graphs, is where
-# it pays: their GPU work over W1 fell from 6.9 s to 6.0 s (NOTES.md).
+# `Transformer.compile_layers`); the attention object itself stays eager. Fewer kernels: 682 a step
+# (then; the model's fused projections have since taken three more a layer away). This chapter gains 19%
+# from it (5,716 tokens/s on W1 against 4,787 without, in one run), and its steps still wait on the CPU:
+# 23 ms each for about 6 ms of GPU work, most of it Python calling compiled code and launching kernels
+# one by one (NOTES.md has the profile). Chapter 5, whose decode steps replay as CUDA graphs, is where
+# the GPU time shows: its decode work over W1 fell from 6.9 s to 6.0 s.
 
 # %%
 class PagedEngine(ContinuousEngine):

@@ -469,8 +469,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
 # shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms
 # decode steps (89% busy); asynchronously the median gap was 1 us (99.5% busy) and the run took 10.5% less
-# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (6.6 ms), 6.58 s against 8.15 s, the
-# decode phase 99.3% busy against 78.8%. `figures/async_timeline_w1.png` shows twenty steps of W1, sync
+# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (6.2 ms), 6.59 s against 8.55 s, the
+# decode phase 96.1% busy against 72.8%: while 256 requests decode, preparing a step can take the CPU
+# longer than the GPU takes to run one. `figures/async_timeline_w1.png` shows twenty steps of W1, sync
 # above async; NOTES.md has what still limits both.
 #
 # ## Exercises
