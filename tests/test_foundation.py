@@ -147,3 +147,18 @@ def test_presets_have_the_real_models_size(preset, billions):
     with torch.device("meta"):
         model = minigpt.Transformer(minigpt.PRESETS[preset])
     assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.005
+
+
+def test_fused_projections_map_to_and_from_hugging_face_names():
+    """q/k/v (with Qwen2's biases) and gate/up are one matrix each here, separate in checkpoints."""
+    from minigpt.loading import config_from_hf
+    from minigpt.model import fuse_hf_names, split_to_hf_names
+
+    hf = tiny_hf_model("qwen2")
+    config = config_from_hf({**hf.config.to_dict(), "architectures": ["Qwen2ForCausalLM"]})
+    theirs = {k.removeprefix("model."): v for k, v in hf.state_dict().items()}
+    ours = fuse_hf_names(theirs, config)
+    assert "layers.1.self_attn.qkv_proj.bias" in ours and "layers.0.mlp.gate_up_proj.weight" in ours
+    assert not any(".q_proj." in k or ".up_proj." in k for k in ours)
+    back = split_to_hf_names(ours, config)
+    assert back.keys() == theirs.keys() and all(torch.equal(back[k], theirs[k]) for k in theirs)
