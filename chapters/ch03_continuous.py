@@ -61,7 +61,7 @@ from minigpt.attention import causal_attention
 # yields that sequence's next token.
 
 # %%
-@dataclass(eq=False)  # compared by identity: `seq in running` must not compare token lists
+@dataclass(eq=False)  # compared and hashed by identity: `seq in running` must not compare token lists
 class Sequence:
     index: int  # the request's place in the list given to generate()
     request: Request
@@ -104,7 +104,7 @@ class Scheduler:
     def __init__(self, cache, max_batch_tokens: int, max_seqs: int):
         self.cache, self.max_batch_tokens, self.max_seqs = cache, max_batch_tokens, max_seqs
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: dict[Sequence, None] = {}  # an ordered set: oldest first, `seq in running` at once
 
     def add(self, seq: Sequence):
         self.waiting.append(seq)
@@ -125,7 +125,7 @@ class Scheduler:
             n = min(len(seq.tokens) - seq.num_cached, budget)
             if not self.cache.allocate(seq, n):
                 break  # no room: it waits, first in line
-            self.running.append(self.waiting.popleft())
+            self.running[self.waiting.popleft()] = None
             chunks.append(Chunk(seq, seq.num_cached, n))
             budget -= n
         return sorted(chunks, key=lambda c: not c.seq.decoding)  # decode tokens first in the flat batch
@@ -135,7 +135,7 @@ class Scheduler:
         return self.cache.allocate(seq, n)
 
     def finish(self, seq: Sequence):
-        self.running.remove(seq)
+        del self.running[seq]
         self.cache.free(seq)
 
 
@@ -177,7 +177,7 @@ class SlotCache:
         """Where each decoding sequence's keys live, for the decode attention: here, its slot."""
         return [s.slot for s in seqs]
 
-    def memory(self, running: list[Sequence]) -> tuple[int, int]:
+    def memory(self, running) -> tuple[int, int]:
         """(tokens reserved, tokens holding K, V): the slots of running sequences against their contents."""
         return len(running) * self.slot_len, sum(s.num_cached for s in running)
 

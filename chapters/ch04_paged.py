@@ -106,7 +106,7 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
         width = max((len(t) for t in tables), default=0)
         return [t + [0] * (width - len(t)) for t in tables]
 
-    def memory(self, running: list[Sequence]) -> tuple[int, int]:
+    def memory(self, running) -> tuple[int, int]:
         used_blocks = self.num_blocks - len(self.free_blocks)
         return used_blocks * self.block_size, sum(s.num_cached for s in running)
 
@@ -188,14 +188,14 @@ class PagedScheduler(Scheduler):
 
     def allocate(self, seq: Sequence, n: int) -> bool:  # NEW: make room by preempting
         while not self.cache.allocate(seq, n):
-            victim = self.running[-1]
+            victim = next(reversed(self.running))  # the newest
             self.preempt(victim)
             if victim is seq:
                 return False
         return True
 
     def preempt(self, seq: Sequence):
-        self.running.remove(seq)
+        del self.running[seq]
         self.cache.free(seq)
         seq.num_cached = 0
         self.waiting.appendleft(seq)

@@ -239,11 +239,12 @@ class AsyncEngine(PagedEngine):
     def pack(self, slot: Slot, fields, rows: list[int], num_rows: int) -> dict:
         """Write the fields, then the block tables of `rows` (requests), into the slot's pinned buffer;
         return each field's (offset, length)."""
-        offsets, at = {}, 0
+        offsets, flat = {}, []
         for name, values in zip(("ids", "positions", "index", "carry", "logits_at", "lens", "n", "which"), fields):
-            slot.host[at:at + len(values)] = torch.tensor(values, dtype=torch.long)
-            offsets[name] = (at, len(values))
-            at += len(values) + len(values) % 2  # 16-byte aligned fields: Triton compiles one variant, not two
+            offsets[name] = (len(flat), len(values))
+            flat += values + [0] * (len(values) % 2)  # 16-byte aligned fields: Triton compiles one variant, not two
+        at = len(flat)
+        slot.host[:at] = torch.tensor(flat, dtype=torch.long)
         tables = slot.host[at:at + num_rows * self.width].view(num_rows, self.width)
         tables[:len(rows)] = self.tables[rows]  # one gather, not a Python loop over 30k entries
         tables[len(rows):] = 0
