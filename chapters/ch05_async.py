@@ -172,7 +172,7 @@ class AsyncEngine(PagedEngine):
         self.capacity = (rows + 1) * (8 + self.width)  # eight fields of at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
         self.in_flight: list[AsyncBatch] = []  # launched, tokens not yet handed out
-        self.done: list[AsyncBatch] = []  # resolved, kept for the busy fraction and the timeline
+        self.done: list[tuple[dict, tuple]] = []  # resolved steps' (host times, CUDA events), for the timeline
         self.ref = None  # the GPU clock's zero, recorded at the first step
         self.steps = 0
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -375,7 +375,10 @@ class AsyncEngine(PagedEngine):
             if c.finish_reason:
                 self.retire(seq)
         batch.host_times["resolved"] = self.clock.now()
-        self.done.append(batch)
+        # Keep what the timeline needs, not the batch: its ~200 objects a step (a chunk per request...) would
+        # pile up for Python's garbage collector to walk, 200,000 by the end of W1.
+        self.done.append(({**batch.host_times, "graph": batch.graph_size, "decode": not batch.prefill,
+                           "tokens": sum(ch.n for ch in batch.chunks)}, batch.events))
 
     def retire(self, seq: Sequence):
         """Stop scheduling `seq` and free its blocks, exactly once (hazard 3). Reuse of the blocks is safe
@@ -425,10 +428,8 @@ class AsyncEngine(PagedEngine):
         if not (self.cuda and done):
             return stats
         torch.cuda.synchronize()
-        gpu = [(self.ref.elapsed_time(b.events[0]) / 1e3 + self.ref_host,
-                self.ref.elapsed_time(b.events[1]) / 1e3 + self.ref_host) for b in done]
-        timeline = [{**b.host_times, "gpu_start": s, "gpu_end": e, "graph": b.graph_size, "decode": not b.prefill,
-                     "tokens": sum(ch.n for ch in b.chunks)} for b, (s, e) in zip(done, gpu)]
+        timeline = [{**times, "gpu_start": self.ref.elapsed_time(start) / 1e3 + self.ref_host,
+                     "gpu_end": self.ref.elapsed_time(end) / 1e3 + self.ref_host} for times, (start, end) in done]
         stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
         return stats
 

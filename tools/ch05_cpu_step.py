@@ -21,8 +21,8 @@ requests = [Request(torch.randint(0, model.config.vocab_size, (int(torch.randint
 def median_ms() -> float:
     engine = ch05_async.AsyncEngine(model, max_batch_tokens=4096)
     engine.generate(requests)
-    return statistics.median(1e3 * (b.host_times["prepared"] - b.host_times["start"])
-                             for b, t in zip(engine.done, engine.trace) if t["running"] >= 250 and not b.prefill)
+    return statistics.median(1e3 * (times["prepared"] - times["start"])
+                             for (times, _), t in zip(engine.done, engine.trace) if t["running"] >= 250 and times["decode"])
 
 
 median_ms()
