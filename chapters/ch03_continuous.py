@@ -390,7 +390,7 @@ class ContinuousEngine:
                 logits_at.append(len(ids) - 1)
                 sampled.append(ch.seq)
         decode = [ch.seq for ch in chunks if ch.seq.decoding]
-        t = lambda x, dtype=torch.long: torch.tensor(x, dtype=dtype, device=self.device)  # noqa: E731
+        t = lambda x, dtype=torch.long: torch.as_tensor(x, dtype=dtype, device=self.device)  # noqa: E731
         mask = varlen = None
         if packed and self.varlen:  # where each prompt chunk's queries and context start in the packed rows
             varlen = (t([0, *accumulate(ch.n for ch in packed)], torch.int32),

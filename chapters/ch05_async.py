@@ -157,10 +157,7 @@ class AsyncEngine(PagedEngine):
         cache = super().make_cache(requests)
         cache.free_blocks.remove(0)  # block 0 is scratch: padded graph rows write there
         cache.num_blocks -= 1  # the blocks requests can have
-        self.width = max(cache.blocks_for(max_total_len(r, self.config)) for r in requests)  # table width
-        n = self.num_requests  # a row per request given to generate (indexed as they were given)
-        self.tables = torch.zeros(n, self.width, dtype=torch.long)  # host copy of every table
-        self.table_seen, self.table_len = [None] * n, [0] * n
+        self.width = cache.host_tables.shape[1]  # the longest block table any request can have
         return cache
 
     def make_attention(self):
@@ -199,7 +196,6 @@ class AsyncEngine(PagedEngine):
         ids, positions, index, carry, logits_at, lens, ns, sampled, sampled_at = [], [], [], [], [], [], [], [], []
         for ch in chunks:
             seq = ch.seq
-            self.sync_table(seq)
             tokens = seq.tokens[ch.start:ch.start + ch.n]  # hazard 2: a PENDING one the GPU fills in from the last step
             ids += [0 if t == PENDING else t for t in tokens]
             carry += [seq.carry_row if t == PENDING else -1 for t in tokens]
@@ -228,14 +224,6 @@ class AsyncEngine(PagedEngine):
             slot.copied.record()
         return self.batch_views(slot, chunks, offsets, sampled, sampled_at, size)
 
-    def sync_table(self, seq: Sequence):
-        """Bring the host copy of `seq`'s block table up to date (between preemptions, blocks are only appended)."""
-        table = self.cache.tables[seq.index]
-        # A preempted request gets a new list when it comes back: `is not` catches that.
-        if self.table_seen[seq.index] is not table or self.table_len[seq.index] != len(table):
-            self.tables[seq.index, :len(table)] = torch.tensor(table)
-            self.table_seen[seq.index], self.table_len[seq.index] = table, len(table)
-
     def pack(self, slot: Slot, fields, rows: list[int], num_rows: int) -> dict:
         """Write the fields, then the block tables of `rows` (requests), into the slot's pinned buffer;
         return each field's (offset, length)."""
@@ -246,7 +234,7 @@ class AsyncEngine(PagedEngine):
         at = len(flat)
         slot.host[:at] = torch.tensor(flat, dtype=torch.long)
         tables = slot.host[at:at + num_rows * self.width].view(num_rows, self.width)
-        tables[:len(rows)] = self.tables[rows]  # one gather, not a Python loop over 30k entries
+        tables[:len(rows)] = self.cache.host_tables[rows]  # one gather (chapter 4's host tables), no Python loop
         tables[len(rows):] = 0
         offsets["tables"] = (at, num_rows * self.width)
         assert at + num_rows * self.width <= self.capacity

@@ -22,9 +22,10 @@ def seq(i, n_tokens):
 
 
 def test_allocator_all_or_nothing_and_no_double_free(model):
-    cache = PagedCache(model.config, num_blocks=4, block_size=4, device="cpu", dtype=torch.float32)
+    cache = PagedCache(model.config, num_blocks=4, block_size=4, device="cpu", dtype=torch.float32,
+                       num_requests=2, max_blocks=3)
     a, b = seq(0, 10), seq(1, 10)
-    assert cache.allocate(a, 10) and cache.tables[0] == [0, 1, 2]
+    assert cache.allocate(a, 10) and cache.tables[0] == [0, 1, 2] == cache.host_tables[0].tolist()
     assert not cache.allocate(b, 10) and 1 not in cache.tables  # needs 3, 1 free: nothing taken
     assert cache.allocate(b, 4) and len(cache.free_blocks) == 0
     assert cache.cache_index(a, range(3, 6)) == [3, 4 * 1 + 0, 4 * 1 + 1]
