@@ -255,10 +255,12 @@ class PackedAttention:
 
     def __init__(self, cache: SlotCache, reference: bool):
         self.cache, self.reference, self.batch = cache, reference, None
+        # Each layer's cache viewed flat, (slots * slot_len, Hkv, D): made once, not four ops a layer a step.
+        self.k_flat, self.v_flat = [k.flatten(0, 1) for k in cache.k], [v.flatten(0, 1) for v in cache.v]
 
     def __call__(self, layer: int, q, k, v):
-        c, b = self.cache, self.batch
-        k_flat, v_flat = c.k[layer].flatten(0, 1), c.v[layer].flatten(0, 1)  # (slots*slot_len, Hkv, D)
+        b = self.batch
+        k_flat, v_flat = self.k_flat[layer], self.v_flat[layer]
         k_flat.index_copy_(0, b.cache_index, k)
         v_flat.index_copy_(0, b.cache_index, v)
         d = 0 if self.reference else b.num_decode
