@@ -108,7 +108,8 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
         return [table[p // bs] * bs + p % bs for p in positions]
 
     def decode_layout(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Each decoding sequence's block table, cut to the longest: (num_decode, its length)."""
+        """Each decoding sequence's block table, as wide as the longest: (num_decode, width). Entries past a
+        table's end (zeros, or a preempted earlier table's) are never read: attention stops at the length."""
         width = max((len(self.tables[s.index]) for s in seqs), default=0)
         return self.host_tables[[s.index for s in seqs], :width]
 
