@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from chapters import ch04_paged
 from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters.ch04_paged import PagedEngine
-from minigpt import Completions, Request, finish_reason, max_total_len
+from minigpt import Completions, Request, finish_reason
 from minigpt.metrics import decode_phase, gpu_busy
 
 PENDING = -1  # a token whose value the GPU has not told us yet
