@@ -32,6 +32,32 @@ def test_async_and_sync_equal_chapter1_under_preemption(seed, use_async, model):
     assert out.stats["preemptions"] > 0
 
 
+def test_timeline_from_the_kept_step_records(model, monkeypatch):
+    """The GPU timeline (built on CUDA only) from what each resolved step keeps: its host times and two events.
+    Stand-in events that say step i ran on the GPU from i to i + 0.5 s give a run half busy."""
+    class Event:
+        def __init__(self, t):
+            self.t = t
+
+        def elapsed_time(self, other):  # ms, as torch.cuda.Event's
+            return (other.t - self.t) * 1e3
+
+    engine = ch05_async.AsyncEngine(model, max_batch_tokens=16)
+    requests = [Request(list(range(1, 40)), 6), Request([5, 6], 9)]
+    engine.generate(requests)
+    steps = len(engine.done)
+    engine.done = [(times, (Event(i), Event(i + 0.5))) for i, (times, _) in enumerate(engine.done)]
+    engine.cuda, engine.ref, engine.ref_host = True, Event(0.0), 0.0
+    monkeypatch.setattr(ch05_async.torch.cuda, "synchronize", lambda: None)
+    timeline = engine.summary()["timeline"]
+    assert len(timeline) == steps == len(engine.trace)
+    assert [s["tokens"] for s in timeline] == [s["tokens"] for s in engine.trace]
+    assert sum(s["tokens"] for s in timeline) == 39 + 2 + 5 + 8  # the prompts, then one token a decode step
+    assert timeline[0]["decode"] is False and timeline[-1]["decode"] is True
+    assert all(s["start"] <= s["prepared"] <= s["launched"] <= s["resolved"] for s in timeline)
+    assert engine.summary()["gpu_busy"] == pytest.approx(steps * 0.5 / (steps - 0.5))
+
+
 def test_eos_mid_batch_drops_the_extra_token_and_frees_once(model):
     """A request that stops on EOS at step N was already scheduled into step N+1 (async): its extra token
     must be dropped, its blocks freed exactly once, its completion exact."""
