@@ -190,8 +190,9 @@ class AsyncEngine(PagedEngine):
     def prepare(self, chunks: list[Chunk]) -> AsyncBatch:
         slot = self.slots[self.steps % 2]  # step N uses slot N % 2
         self.steps += 1
+        which = [j for j, ch in enumerate(chunks) if not ch.seq.decoding]  # prompt chunks (they come last)
         # Greedy decode steps replay a graph (sampling with a seeded generator per request runs eagerly).
-        decode_only = all(ch.seq.decoding and ch.seq.request.temperature == 0 for ch in chunks)
+        decode_only = not which and all(ch.seq.request.temperature == 0 for ch in chunks)
         size = next((b for b in self.graph_sizes if b >= len(chunks)), 0) if decode_only else 0
         ids, positions, index, carry, logits_at, lens, ns, sampled, sampled_at = [], [], [], [], [], [], [], [], []
         for ch in chunks:
@@ -212,7 +213,6 @@ class AsyncEngine(PagedEngine):
             pad = size - len(chunks)
             ids, positions, index, carry = ids + [0] * pad, positions + [0] * pad, index + [0] * pad, carry + [-1] * pad
             logits_at, lens, ns = list(range(size)), lens + [1] * pad, ns + [1] * pad
-        which = [j for j, ch in enumerate(chunks) if not ch.seq.decoding]  # prompt chunks
         fields = [ids, positions, index, carry, logits_at, lens, ns, which]
         slot.copied.synchronize()  # hazard 5: the previous copy out of this pinned buffer is done
         offsets = self.pack(slot, fields, rows, size or len(chunks))
@@ -222,7 +222,7 @@ class AsyncEngine(PagedEngine):
             n = sum(offsets["tables"])  # the tables come last
             slot.device[:n].copy_(slot.host[:n], non_blocking=True)
             slot.copied.record()
-        return self.batch_views(slot, chunks, offsets, sampled, sampled_at, size)
+        return self.batch_views(slot, chunks, offsets, sampled, sampled_at, size, which)
 
     def pack(self, slot: Slot, fields, rows: list[int], num_rows: int) -> dict:
         """Write the fields, then the block tables of `rows` (requests), into the slot's pinned buffer;
@@ -240,12 +240,12 @@ class AsyncEngine(PagedEngine):
         assert at + num_rows * self.width <= self.capacity
         return offsets
 
-    def batch_views(self, slot, chunks, offsets, sampled, sampled_at, size) -> AsyncBatch:
+    def batch_views(self, slot, chunks, offsets, sampled, sampled_at, size, which) -> AsyncBatch:
         """The step's Batch as views into the slot's device buffer: fixed addresses a graph can read."""
         view = {k: slot.device[o:o + n] for k, (o, n) in offsets.items()}
         tables = view["tables"].view(-1, self.width)
-        num_decode = size or sum(ch.seq.decoding for ch in chunks)
-        prompt = [ch for ch in chunks if not ch.seq.decoding]
+        num_decode = size or len(chunks) - len(which)
+        prompt = [chunks[j] for j in which]
         return AsyncBatch(chunks, view["ids"], view["positions"], view["index"], view["logits_at"], num_decode,
                           view["lens"][:num_decode], tables[:num_decode], 0, None, None, sampled,
                           carry_src=view["carry"], slot=slot, graph_size=size, sampled_at=sampled_at,
@@ -317,7 +317,7 @@ class AsyncEngine(PagedEngine):
                 fields = [[0] * size, [0] * size, [0] * size, [-1] * size, list(range(size)), [1] * size, [1] * size, []]
                 offsets = self.pack(slot, fields, [], size)  # every row: the scratch block
                 slot.device[: sum(offsets["tables"])].copy_(slot.host[: sum(offsets["tables"])])
-                batch = self.batch_views(slot, [], offsets, [], [], size)
+                batch = self.batch_views(slot, [], offsets, [], [], size, [])
                 with torch.inference_mode():
                     with on(self.compute):  # one eager run first: Triton compiles, the allocator warms
                         self.forward_and_sample(batch, slot, self.slots[1 - i], greedy=True)
