@@ -373,8 +373,8 @@ def results_markdown() -> str:
     lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
               f"{peers[0]['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):",
               "", "| engine | requests | output tokens/s | wall s | note |", "| --- | ---: | ---: | ---: | --- |"]
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
     for peer in peers:
-        cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
         lines += [f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} | {cell(r['note'])} |"
                   for r in peer["results"]]
         lines += [f"| {cell(label)} | | | | no result: {cell(why)} |" for label, why in peer.get("failed", {}).items()]

@@ -177,7 +177,7 @@ class SlotCache:
         """Where each decoding sequence's keys live, for the decode attention: here, its slot."""
         return [s.slot for s in seqs]
 
-    def memory(self, running) -> tuple[int, int]:
+    def memory(self, running: dict[Sequence, None]) -> tuple[int, int]:
         """(tokens reserved, tokens holding K, V): the slots of running sequences against their contents."""
         return len(running) * self.slot_len, sum(s.num_cached for s in running)
 

@@ -113,7 +113,7 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
         width = max((len(self.tables[s.index]) for s in seqs), default=0)
         return self.host_tables[[s.index for s in seqs], :width]
 
-    def memory(self, running) -> tuple[int, int]:
+    def memory(self, running: dict[Sequence, None]) -> tuple[int, int]:
         used_blocks = self.num_blocks - len(self.free_blocks)
         return used_blocks * self.block_size, sum(s.num_cached for s in running)
 
@@ -371,13 +371,15 @@ class PagedEngine(ContinuousEngine):
 
     def make_cache(self, requests: list[Request]) -> PagedCache:  # NEW
         cache = PrefixCache if self.share_prefixes else PagedCache
-        max_blocks = max(math.ceil(max_total_len(r, self.config) / self.block_size) for r in requests)
         return cache(self.config, self.pool_blocks(requests), self.block_size, self.device, self.model.dtype,
-                     self.num_requests, max_blocks)
+                     self.num_requests, max(map(self.most_blocks, requests)))
+
+    def most_blocks(self, request: Request) -> int:
+        """The blocks a request holds at its longest: its prompt and every token it may generate."""
+        return math.ceil(max_total_len(request, self.config) / self.block_size)
 
     def pool_blocks(self, requests: list[Request]) -> int:
-        need = sum(math.ceil(max_total_len(r, self.config) / self.block_size) for r in requests)
-        return self.num_blocks or min(need, self.blocks_that_fit())
+        return self.num_blocks or min(sum(map(self.most_blocks, requests)), self.blocks_that_fit())
 
     def blocks_that_fit(self) -> int:
         if self.device.type != "cuda":
