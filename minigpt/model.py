@@ -7,6 +7,7 @@ chapter 3's packed batches and chapter 4's paged blocks all run this same file.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Protocol
 
@@ -23,6 +24,39 @@ class Attention(Protocol):
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: (T, n_heads, head_dim); k, v: (T, n_kv_heads, head_dim) -> (T, n_heads, head_dim)."""
         ...
+
+
+# torch.compile cannot trace an engine's attention object: Python bookkeeping, a hand-written Triton
+# kernel, a kernel that takes host integers. Wrapped in a custom op it is one node of the compiled graph,
+# run eagerly, and the whole model around it compiles into one function (vLLM does the same, with its
+# `unified_attention` op). The op finds the engine's attention object here, set around each forward.
+_step_attention: list[Attention] = []
+
+
+@contextlib.contextmanager
+def attention_for_this_step(attn: Attention):
+    _step_attention.append(attn)
+    try:
+        yield
+    finally:
+        _step_attention.pop()
+
+
+@torch.library.custom_op("minigpt::attention", mutates_args=())
+def opaque_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+    """The step's attention object, run eagerly. It also writes k, v into its cache, which no compiled code
+    reads: to the graph this op is a function of q, k, v alone, so it is never reordered or dropped."""
+    return _step_attention[-1](layer, q, k, v).contiguous()
+
+
+@opaque_attention.register_fake
+def _(q, k, v, layer):  # what the compiler knows of the output: q's shape, dtype, device; contiguous
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+def attend_opaquely(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The attention the compiled layers see."""
+    return opaque_attention(q, k, v, layer)
 
 
 class RMSNorm(nn.Module):
@@ -117,8 +151,8 @@ class DecoderLayer(nn.Module):
         out = attn(self.self_attn.layer, q, k, v)  # the engine's cache and attention: (T, H, D)
         return self.after_attention(x, out)
 
-    # The layer in two halves around the engine's attention: each is a chain of small kernels at decode
-    # (norms, projections, RoPE, SwiGLU, residual adds) that torch.compile can fuse (Transformer.compile_layers).
+    # The layer in two halves around the engine's attention: each a chain of small kernels at decode (norms,
+    # projections, RoPE, SwiGLU, residual adds), which torch.compile fuses (Transformer.compile_layers).
     def before_attention(self, x, cos, sin):
         return self.self_attn.qkv(self.input_layernorm(x), cos, sin)
 
@@ -179,6 +213,7 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
+        self.compiled_layers = None  # compile_layers
 
     @property
     def device(self) -> torch.device:
@@ -189,26 +224,34 @@ class Transformer(nn.Module):
         return self.embed_tokens.weight.dtype
 
     def compile_layers(self, backend: str | None = "inductor"):
-        """Have torch.compile fuse each layer's small kernels before and after attention (about 30 a layer
-        eager, most of them elementwise; NOTES.md has what it saves on the H200). The attention object stays
-        outside, eager. All layers share one compiled code, compiled here, not mid-run: for 1 token (sizes 0
-        and 1 are always specialised) and for any number of tokens. `backend=None` puts the eager methods
-        back; `backend="eager"` traces without generating kernels (the CPU tests)."""
-        for layer in self.layers:
-            for name in ("before_attention", "after_attention"):
-                vars(layer).pop(name, None)  # the eager method, from the class
-                if backend:  # (compiling again is cheap: the compiled code is cached with the function's code)
-                    setattr(layer, name, torch.compile(getattr(layer, name), backend=backend))
+        """Have torch.compile turn every layer into one compiled function, a step's one call: the small
+        kernels of each layer (norms, projections, RoPE, SwiGLU, residual adds; about 30 a layer eager)
+        fuse, and no Python runs between them. Attention stays the engine's eager object, behind one
+        opaque op (`opaque_attention`, below). Compiled here, not mid-run: for 1 token (sizes 0 and 1 are
+        always specialised) and for any number. `backend=None` puts the eager model back;
+        `backend="eager"` or `"aot_eager"` traces without generating kernels (the CPU tests)."""
+        self.compiled_layers = None
         if not backend:
             return
-        c, layer = self.config, self.layers[0]
-        with torch.inference_mode():  # as the engines run it (the compiled code is guarded on the grad mode)
-            for T in (1, 2, 3):  # the second size > 1 makes the token dimension dynamic
-                x = torch.zeros(T, c.hidden_size, device=self.device, dtype=self.dtype)
-                cos, sin = (torch.zeros(T, 1, c.head_dim, device=self.device, dtype=self.dtype) for _ in "cs")
-                layer.before_attention(x, cos, sin)
-                layer.after_attention(x, torch.zeros(T, c.num_attention_heads, c.head_dim, device=self.device,
-                                                     dtype=self.dtype))
+        compiled = torch.compile(self.run_layers, backend=backend, dynamic=True)
+        with torch.inference_mode(), attention_for_this_step(lambda layer, q, k, v: torch.zeros_like(q)):
+            for T in (1, 2):  # as the engines run it: the compiled code is guarded on the grad mode, and on
+                # whether its inputs were made in inference mode, as the model's forward makes them
+                x, cos, sin = self.embed_and_rotations(torch.zeros(T, dtype=torch.long, device=self.device),
+                                                       torch.arange(T, device=self.device))
+                compiled(x, cos, sin, attend_opaquely)
+        self.compiled_layers = compiled
+
+    def embed_and_rotations(self, input_ids: torch.Tensor, positions: torch.Tensor):
+        """input_ids, positions: (T,) -> the embeddings (T, C) and RoPE's cos, sin: (T, 1, head_dim)."""
+        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
+        return self.embed_tokens(input_ids), angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: Attention) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn)
+        return x
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                 logits_at: torch.Tensor | None = None) -> torch.Tensor:
@@ -217,12 +260,12 @@ class Transformer(nn.Module):
         `logits_at` picks the rows worth projecting onto the vocabulary (each sequence's last token);
         None means every row.
         """
-        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
-        angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
-        cos, sin = angles.cos().to(self.dtype), angles.sin().to(self.dtype)
-        x = self.embed_tokens(input_ids)  # (T, C)
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn)
+        x, cos, sin = self.embed_and_rotations(input_ids, positions)
+        if self.compiled_layers is None:
+            x = self.run_layers(x, cos, sin, attn)
+        else:  # one compiled call, in which each layer's attention calls `attn`
+            with attention_for_this_step(attn):
+                x = self.compiled_layers(x, cos, sin, attend_opaquely)
         if logits_at is not None:
             x = x[logits_at]
         return self.lm_head(self.norm(x)).float()  # (N, vocab)

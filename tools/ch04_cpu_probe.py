@@ -1,7 +1,10 @@
 """Where chapter 4's CPU step goes, on a GPU: W1's 256 requests (outputs capped at 96 tokens) timed, then
-once under cProfile (top functions by own and by cumulative time), then with inductor's C++ wrapper.
+once under cProfile (top functions by own and by cumulative time).
 
     PYTHONPATH=. OUT=/tmp python tools/ch04_cpu_probe.py    # figures/h200_ch04_cpu_probe.log is its output
+
+(figures/h200_ch04_cpu_probe_halves.log: its output when each layer compiled as two halves around an eager
+attention, 56 compiled calls a step; it then also tried inductor's C++ wrapper.)
 """
 import cProfile
 import dataclasses
@@ -11,7 +14,6 @@ import pstats
 import time
 
 import torch
-import torch._inductor.config as inductor_config
 
 from chapters import ch04_paged
 from minigpt import from_config, get_workload
@@ -21,6 +23,9 @@ model = from_config(workload.preset, device="cuda", dtype=torch.bfloat16)
 requests = [dataclasses.replace(r, max_new_tokens=min(r.max_new_tokens, 96))
             for r in workload.requests(model.config.vocab_size, 256)]
 options = dict(max_batch_tokens=8192)
+t = time.perf_counter()
+model.compile_layers("inductor")
+print(f"compile_layers: {time.perf_counter() - t:.1f} s", flush=True)
 ch04_paged.generate(model, requests[:8], **options)  # warm-up
 
 
@@ -47,14 +52,3 @@ stats.sort_stats("cumulative").print_stats(60)
 print(text.getvalue()[:30000])
 stats.dump_stats(f"{os.environ.get('OUT', '/tmp')}/ch04.prof")
 
-try:  # inductor's C++ wrapper launches a compiled region's kernels from C++, not Python
-    torch._dynamo.reset()
-    inductor_config.cpp_wrapper = True
-    t = time.perf_counter()
-    model.compile_layers("inductor")
-    print(f"cpp_wrapper compile {time.perf_counter() - t:.1f} s", flush=True)
-    ch04_paged.generate(model, requests[:8], **options)
-    timed("ch04 cpp_wrapper")
-    timed("ch04 cpp_wrapper again")
-finally:
-    inductor_config.cpp_wrapper = False
