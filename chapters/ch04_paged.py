@@ -304,10 +304,12 @@ def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None 
     Hkv, bs = k_pool.shape[2], k_pool.shape[1]
     G = H // Hkv
     splits = splits or decode_splits(B, Hkv)
-    out_dtype = q.dtype if splits == 1 else torch.float32
-    acc = torch.empty(B, H, splits, D, device=q.device, dtype=out_dtype)
-    m = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
-    denom = torch.empty_like(m)
+    if splits == 1:  # the output, in q's dtype (the parts' maxima and sums are not kept: no buffers)
+        acc = m = denom = torch.empty(B, H, 1, D, device=q.device, dtype=q.dtype)
+    else:
+        acc = torch.empty(B, H, splits, D, device=q.device, dtype=torch.float32)
+        m = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
+        denom = torch.empty_like(m)
     _paged_decode_kernel[(B, Hkv, splits)](
         q, k_pool, v_pool, tables, seq_lens, acc, m, denom, D ** -0.5,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2), tables.stride(0),
@@ -326,11 +328,15 @@ def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None 
 class PagedAttention(PackedAttention):
     """Chapter 3's attention object over the block pool; only decode reads differently."""
 
+    def __init__(self, cache: PagedCache, reference: bool):
+        super().__init__(cache, reference)
+        self.k_pools, self.v_pools = list(cache.k), list(cache.v)  # each layer's blocks: views made once
+        use_triton = triton is not None and cache.k.is_cuda and not reference
+        self.kernel = paged_decode_triton if use_triton else paged_decode_reference
+
     def decode(self, layer, q):  # NEW: read K, V from the blocks
-        c, b = self.cache, self.batch
-        use_triton = triton is not None and q.is_cuda and not self.reference
-        kernel = paged_decode_triton if use_triton else paged_decode_reference
-        return kernel(q, c.k[layer], c.v[layer], b.decode_rows, b.decode_seq_lens)
+        b = self.batch
+        return self.kernel(q, self.k_pools[layer], self.v_pools[layer], b.decode_rows, b.decode_seq_lens)
 
 
 # %% [markdown]
