@@ -36,6 +36,7 @@
 # %%
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from chapters import ch03_continuous
 from chapters.ch03_continuous import ContinuousEngine, PackedAttention, Scheduler, Sequence
 from minigpt import Completions, ModelConfig, Request, fail, max_total_len
+from minigpt.metrics import console
 
 try:
     import triton
@@ -350,14 +352,14 @@ class PagedAttention(PackedAttention):
 # of W1's first 64 requests on the H200 (`python -m chapters.bench profile`, before this change) counts
 # about 1000 kernels a step, 36 a layer, and 68% of the GPU time outside attention; RoPE alone (negate,
 # concatenate, two products and a sum, for q and for k) took 16%. Each of those kernels reads and writes a
-# few hundred kilobytes and is over in microseconds. On a GPU the engine therefore has `torch.compile`
-# fuse each layer's chains of small kernels, before and after attention (`compile=True`, see
-# `Transformer.compile_layers`); the attention object itself stays eager. Fewer kernels: 682 a step
-# (then; the model's fused projections have since taken three more a layer away). This chapter gains 19%
-# from it (5,716 tokens/s on W1 against 4,787 without, in one run), and its steps still wait on the CPU:
-# 23 ms each for about 6 ms of GPU work, most of it Python calling compiled code and launching kernels
-# one by one (NOTES.md has the profile). Chapter 5, whose decode steps replay as CUDA graphs, is where
-# the GPU time shows: its decode work over W1 fell from 6.9 s to 6.0 s.
+# few hundred kilobytes and is over in microseconds, and each costs the CPU a launch. On a GPU the engine
+# therefore has `torch.compile` fuse them (`compile=True`, see `Transformer.compile_layers`). The compiler
+# cannot follow the attention object (Python bookkeeping, a hand-written kernel), so the model wraps it in
+# a *custom op*, `minigpt::attention`: one opaque node that calls the object eagerly, around which all
+# 28 layers compile into one function, a step's one call (vLLM does the same). This chapter gains 22% from
+# it: 7,341 tokens/s on W1 against 6,013 without, in one run. Its steps still wait on the CPU: 18 ms each
+# for about 6 ms of GPU work, most of it launching the ~13 kernels of each layer one by one (NOTES.md has
+# the split). Chapter 5, whose decode steps replay as CUDA graphs, is where the GPU time shows.
 
 # %%
 class PagedEngine(ContinuousEngine):
@@ -369,7 +371,9 @@ class PagedEngine(ContinuousEngine):
         # NEW: fused layers. True: on a GPU only (on the CPU, compiling takes longer than the runs it would
         # speed up); a torch.compile backend name: that backend anywhere (the tests trace with "eager").
         self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else None
-        model.compile_layers(self.compile)
+        with console.status(f"compiling the model ({self.compile}): a minute the first time, seconds after",
+                            spinner="dots") if self.compile and self.progress else contextlib.nullcontext():
+            model.compile_layers(self.compile)
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
