@@ -42,6 +42,7 @@ def run_chapters(argv):
     p.add_argument("--requests", type=int, default=None, help="run only the first N requests of the workload")
     p.add_argument("--subset", action="append", default=[], help="CHAPTER=N: run only the first N requests")
     p.add_argument("--option", action="append", default=[], help="CHAPTER:NAME=VALUE, an engine option")
+    p.add_argument("--repeat", type=int, default=1, help="time each chapter N times, report the median run")
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -67,7 +68,8 @@ def run_chapters(argv):
                 failed[label] = f"{type(e).__name__}: {e}"
                 console.print(f"[red]{label} failed[/red]: {failed[label]}")
         else:
-            results.append(measure(name, model, subset, workload.name, opts, label=label, progress=not args.no_progress))
+            results.append(measure(name, model, subset, workload.name, opts, label=label, progress=not args.no_progress,
+                                   repeat=args.repeat))
         if label not in failed:
             console.print(results_table(results[-1:], ""))
         if args.out:  # write as we go: a long run that is cut off keeps what it measured

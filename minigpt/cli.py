@@ -88,8 +88,12 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     return results
 
 
-def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True) -> RunResult:
-    """Warm up (excluded), then time one run of `name` from the first submit to the last token."""
+def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True,
+            repeat: int = 1) -> RunResult:
+    """Warm up (excluded), then time `repeat` runs of `name` from the first submit to the last token; the
+    run of median wall time is reported, every run's wall time kept (`extra["walls_s"]`): a CPU-bound
+    engine's time moves with the host's CPU, which on the H200 machines changes speed for seconds at a
+    time (NOTES.md)."""
     generate = chapter_module(name).generate
     model.compile_layers(None)  # every chapter starts from the eager model (chapter 4 on compiles its own)
     # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
@@ -97,16 +101,22 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     for n, prompt_len in ((4, 8), (48, None)):
         warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
         generate(model, warm, **options)
-    completions = generate(model, requests, progress=progress, **options)
+    runs = []
+    for _ in range(max(repeat, 1)):
+        completions = generate(model, requests, progress=progress, **options)
+        # From the engine's start (after its one-time setup: cache allocation, graph capture) to the last token.
+        runs.append((max((c.token_times[-1] for c in completions if c.token_times), default=0.0), completions))
+    walls = [wall for wall, _ in runs]
+    wall, completions = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
     if failed := [c.error for c in completions if c.error]:
         console.print(f"[red]{name}: {len(failed)} request(s) failed[/red], the first: {escape(failed[0])}")
-    # From the engine's start (after its one-time setup: cache allocation, graph capture) to the last token.
-    wall = max((c.token_times[-1] for c in completions if c.token_times), default=0.0)
     note = f"first {len(requests)} requests" if len(requests) < get_workload(workload).num_requests else ""
+    if len(runs) > 1:
+        note = ", ".join(filter(None, [note, f"median of {len(runs)} runs ({min(walls):.2f}-{max(walls):.2f} s)"]))
+    extra = {**getattr(completions, "stats", {}), **({"walls_s": walls} if len(runs) > 1 else {})}
     return RunResult.from_completions(completions, wall, chapter=label or name, workload=workload,
                                       preset=model.config.name, device=model.device.type,
-                                      dtype=str(model.dtype).removeprefix("torch."), note=note,
-                                      extra=getattr(completions, "stats", {}))
+                                      dtype=str(model.dtype).removeprefix("torch."), note=note, extra=extra)
 
 
 def run_text(chapter, model, tokenizer, args, options):
