@@ -357,9 +357,10 @@ class PagedAttention(PackedAttention):
 # cannot follow the attention object (Python bookkeeping, a hand-written kernel), so the model wraps it in
 # a *custom op*, `minigpt::attention`: one opaque node that calls the object eagerly, around which all
 # 28 layers compile into one function, a step's one call (vLLM does the same). This chapter gains 22% from
-# it: 7,341 tokens/s on W1 against 6,013 without, in one run. Its steps still wait on the CPU: 18 ms each
-# for about 6 ms of GPU work, most of it launching the ~13 kernels of each layer one by one (NOTES.md has
-# the split). Chapter 5, whose decode steps replay as CUDA graphs, is where the GPU time shows.
+# it: 7,341 tokens/s on W1 against 6,013 without, in one run (medians of three more: 7,664 and 7,071).
+# Its steps still wait on the CPU: 13-27 ms each, as fast as the host's CPU runs, for about 6 ms of GPU
+# work, most of it launching the ~13 kernels of each layer one by one (NOTES.md has the split). Chapter 5,
+# whose decode steps replay as CUDA graphs, is where the GPU time shows.
 
 # %%
 class PagedEngine(ContinuousEngine):
