@@ -226,8 +226,8 @@ class Transformer(nn.Module):
     def compile_layers(self, backend: str | None = "inductor"):
         """Have torch.compile turn every layer into one compiled function, a step's one call: the small
         kernels of each layer (norms, projections, RoPE, SwiGLU, residual adds; about 30 a layer eager)
-        fuse, and no Python runs between them. Attention stays the engine's eager object, behind one
-        opaque op (`opaque_attention`, below). Compiled here, not mid-run: for 1 token (sizes 0 and 1 are
+        fuse, and no Python runs between them but attention's: the engine's eager object, behind one
+        opaque op (`opaque_attention`, above). Compiled here, not mid-run: for 1 token (sizes 0 and 1 are
         always specialised) and for any number. `backend=None` puts the eager model back;
         `backend="eager"` or `"aot_eager"` traces without generating kernels (the CPU tests)."""
         self.compiled_layers = None

@@ -162,3 +162,34 @@ def test_fused_projections_map_to_and_from_hugging_face_names():
     assert not any(".q_proj." in k or ".up_proj." in k for k in ours)
     back = split_to_hf_names(ours, config)
     assert back.keys() == theirs.keys() and all(torch.equal(back[k], theirs[k]) for k in theirs)
+
+
+def test_compiled_model_calls_the_engines_attention_and_lets_its_errors_through():
+    """The compiled layers reach the engine's attention object through the opaque op, once a layer, and an
+    error raised there surfaces unchanged, leaving no attention object set for the next step."""
+    from minigpt import model as model_module
+
+    model = minigpt.from_config("tiny")
+    ids, positions = torch.tensor([1, 2, 3]), torch.arange(3)
+    calls = []
+
+    def attention(layer, q, k, v):
+        calls.append(layer)
+        return torch.zeros_like(q)
+
+    def broken(layer, q, k, v):
+        raise ValueError("the cache is full")
+
+    with torch.inference_mode():
+        eager = model(ids, positions, lambda layer, q, k, v: torch.zeros_like(q))
+    torch._dynamo.reset()
+    try:
+        model.compile_layers("aot_eager")
+        with torch.inference_mode():
+            torch.testing.assert_close(model(ids, positions, attention), eager)
+            assert calls == list(range(model.config.num_hidden_layers))
+            with pytest.raises(ValueError, match="the cache is full"):
+                model(ids, positions, broken)
+        assert model_module._step_attention == []
+    finally:
+        model.compile_layers(None)
