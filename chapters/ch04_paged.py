@@ -468,6 +468,10 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # 3. Give W1-small's requests a shared 200-token system prompt and run with `share_prefixes=True`. How many
 #    prefill tokens are saved (`prefix_hit_tokens`), and what happens to TTFT? Why must at least one
 #    prompt token always be computed, even when the whole prompt is cached?
+# 4. See what the compiler made: `model.compile_layers("inductor")` with `TORCH_LOGS=output_code` set
+#    (on the CPU too: seconds for the tiny model). Find the calls of `torch.ops.minigpt.attention`, one a
+#    layer, the kernels between two of them, and the RoPE arithmetic inside one of those kernels. How many launches
+#    does a layer cost now, and which of them could still go?
 
 # %%
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
