@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from itertools import accumulate
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F

@@ -369,14 +369,14 @@ class PagedEngine(ContinuousEngine):
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None,
                  memory_fraction: float = 0.9, share_prefixes: bool = False, compile: bool | str = True, **options):
         super().__init__(model, **options)
-        # NEW: fused layers. True: on a GPU only (on the CPU, compiling takes longer than the runs it would
-        # speed up); a torch.compile backend name: that backend anywhere (the tests trace with "eager").
+        if block_size < 1 or (num_blocks is not None and num_blocks < 1):
+            raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
+        # NEW: the compiled model. True: on a GPU only (on the CPU, compiling takes longer than the runs it
+        # would speed up); a torch.compile backend name: that backend anywhere (the tests trace with "aot_eager").
         self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else None
         with console.status(f"compiling the model ({self.compile}): a minute the first time, seconds after",
                             spinner="dots") if self.compile and self.progress else contextlib.nullcontext():
             model.compile_layers(self.compile)
-        if block_size < 1 or (num_blocks is not None and num_blocks < 1):
-            raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
         self.share_prefixes = share_prefixes
 
@@ -470,15 +470,15 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    prompt token always be computed, even when the whole prompt is cached?
 # 4. See what the compiler made: `model.compile_layers("inductor")` with `TORCH_LOGS=output_code` set
 #    (on the CPU too: seconds for the tiny model). Find the calls of `torch.ops.minigpt.attention`, one a
-#    layer, the kernels between two of them, and the RoPE arithmetic inside one of those kernels. How many launches
-#    does a layer cost now, and which of them could still go?
+#    layer, the kernels between two of them, and the RoPE arithmetic inside one of those kernels. How
+#    many launches does a layer cost now, and which of them could still go?
 
 # %%
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
            "block_size": (int, 16, "tokens per KV block"),
            "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)"),
            "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes"),
-           "compile": (bool, True, "fuse each layer's small kernels with torch.compile (GPU only)")}
+           "compile": (bool, True, "compile the model around attention with torch.compile (GPU only)")}
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@
 # Chapter 4's step is: schedule, prepare inputs, copy them over, run the model, sample, copy the tokens
 # back, update. Only the middle runs on the GPU; during everything else it waits for the CPU, and the CPU
 # waits for it at `.tolist()`. On the seed article's run that idle time was 24% of the wall clock; this
-# chapter's engine, run synchronously on the H200, left the GPU idle 21% of W1's decode phase and 11% of
+# chapter's engine, run synchronously on the H200, left the GPU idle 17% of W1's decode phase and 11% of
 # W2's.
 #
 # The tokens of step N are needed to *update* the requests, but not to *schedule* step N+1: which
@@ -412,12 +412,11 @@ class AsyncEngine(PagedEngine):
     def summary(self) -> dict:
         stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs,
                  "setup_s": self.setup_s}
-        done = self.done
-        if not (self.cuda and done):
+        if not (self.cuda and self.done):
             return stats
         torch.cuda.synchronize()
         timeline = [{**times, "gpu_start": self.ref.elapsed_time(start) / 1e3 + self.ref_host,
-                     "gpu_end": self.ref.elapsed_time(end) / 1e3 + self.ref_host} for times, (start, end) in done]
+                     "gpu_end": self.ref.elapsed_time(end) / 1e3 + self.ref_host} for times, (start, end) in self.done]
         stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
         return stats
 
@@ -459,9 +458,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
 # shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms
 # decode steps (89% busy); asynchronously the median gap was 1 us (99.5% busy) and the run took 10.5% less
-# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (6.2 ms), 6.59 s against 8.55 s, the
-# decode phase 96.1% busy against 72.8%: while 256 requests decode, preparing a step can take the CPU
-# longer than the GPU takes to run one. `figures/async_timeline_w1.png` shows twenty steps of W1, sync
+# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (about 6 ms), 6.45 s against 7.52 s,
+# the decode phase 99.6% busy against 82.7% (the synchronous time moves with the host's CPU: 8.55 s in an
+# earlier run with slower Python on a slower host). `figures/async_timeline_w1.png` shows twenty steps of W1, sync
 # above async; NOTES.md has what still limits both.
 #
 # ## Exercises

@@ -147,16 +147,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, attn: Attention):
-        q, k, v = self.before_attention(x, cos, sin)
+        q, k, v = self.self_attn.qkv(self.input_layernorm(x), cos, sin)
         out = attn(self.self_attn.layer, q, k, v)  # the engine's cache and attention: (T, H, D)
-        return self.after_attention(x, out)
-
-    # The layer in two halves around the engine's attention: each a chain of small kernels at decode (norms,
-    # projections, RoPE, SwiGLU, residual adds), which torch.compile fuses (Transformer.compile_layers).
-    def before_attention(self, x, cos, sin):
-        return self.self_attn.qkv(self.input_layernorm(x), cos, sin)
-
-    def after_attention(self, x, out):
         x = x + self.self_attn.o_proj(out.flatten(1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
