@@ -40,32 +40,29 @@ import time
 import torch
 
 from minigpt import (Clock, Completion, ModelConfig, Request, Sampler, finish_reason, max_total_len,
-                     start_requests, token_progress)
+                     start_requests, token_progress, zeros_kv_cache)
 from minigpt.attention import causal_attention
 
 # %% [markdown]
 # ## The cache: one contiguous tensor per request
 #
 # For one request we allocate keys and values for every position it can ever reach, in every layer:
-# `(layers, max_len, kv_heads, head_dim)`. The model hands the cache each layer's new `k`, `v`; the
-# cache writes them at positions `start .. start+T-1` and returns attention of the new queries over
-# positions `0 .. start+T-1`.
+# `(max_len, kv_heads, head_dim)` each. The cache tells the model where this step's tokens go
+# (`new_rows`: row `p` for position `p`); each layer writes its new `k`, `v` there and asks the cache
+# for attention of the new queries over positions `0 .. start+T-1`.
 
 # %%
 class ContiguousKVCache:
     """The attention object of chapter 1: one request's keys and values, stored contiguously."""
 
     def __init__(self, config: ModelConfig, max_len: int, device, dtype):
-        shape = (config.num_hidden_layers, max_len, config.num_key_value_heads, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv_cache = zeros_kv_cache(config, (max_len,), device, dtype)  # each layer's (keys, values)
         self.start = 0  # how many positions are already cached
+        self.new_rows = None  # this step's positions, set by forward()
 
-    def __call__(self, layer: int, q, k, v):
-        end = self.start + q.shape[0]
-        self.k[layer, self.start:end] = k  # (T, Hkv, D)
-        self.v[layer, self.start:end] = v
-        return causal_attention(q, self.k[layer, :end], self.v[layer, :end], self.start)  # (T, H, D)
+    def __call__(self, layer: int, q, k_cache, v_cache):
+        end = self.start + q.shape[0]  # the model wrote the new keys and values at start .. end-1
+        return causal_attention(q, k_cache[:end], v_cache[:end], self.start)  # (T, H, D)
 
 
 # %% [markdown]
@@ -82,6 +79,7 @@ def forward(model, cache: ContiguousKVCache, token_ids: list[int]) -> torch.Tens
     device = model.device
     ids = torch.tensor(token_ids, device=device)
     positions = torch.arange(cache.start, cache.start + len(token_ids), device=device)
+    cache.new_rows = positions  # position p's keys and values go to row p
     logits = model(ids, positions, cache, logits_at=torch.tensor([len(token_ids) - 1], device=device))
     cache.start += len(token_ids)
     return logits

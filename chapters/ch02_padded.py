@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import (Clock, Completions, ModelConfig, Request, Sampler, finish_reason,
-                     max_total_len, start_requests, token_progress)
+                     max_total_len, start_requests, token_progress, zeros_kv_cache)
 
 # %% [markdown]
 # ## The cache: one rectangle per batch
 #
-# Keys and values for `B` requests: `(layers, B, max_len, kv_heads, head_dim)`. Request `b`'s prompt
+# Keys and values for `B` requests, each layer's `(B, max_len, kv_heads, head_dim)`. Request `b`'s prompt
 # sits in columns `pad[b] .. P-1`, where `P` is the longest prompt. Column `c` of request `b` holds
 # position `c - pad[b]`. A query in column `i` may see column `j` when `pad[b] <= j <= i` (causal, not
 # padding). A pad query sees only itself: a row with nothing to attend to would give NaN, and a NaN
@@ -55,25 +55,22 @@ from minigpt import (Clock, Completions, ModelConfig, Request, Sampler, finish_r
 # %%
 class PaddedKVCache:  # NEW: a (B, max_len) rectangle instead of one request's row
     def __init__(self, config: ModelConfig, pads: list[int], max_len: int, device, dtype):
-        B = len(pads)
-        shape = (config.num_hidden_layers, B, max_len, config.num_key_value_heads, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv_cache = zeros_kv_cache(config, (len(pads), max_len), device, dtype)  # each layer's (keys, values)
+        self.max_len = max_len
         self.pads = torch.tensor(pads, device=device)  # (B,)
         self.start = 0  # columns already cached
+        self.new_rows = None  # this step's columns, as rows of the flattened rectangle: set by forward()
 
-    def __call__(self, layer: int, q, k, v):
+    def __call__(self, layer: int, q, k_cache, v_cache):
         B = self.pads.shape[0]
         T = q.shape[0] // B
-        end = self.start + T
-        self.k[layer, :, self.start:end] = k.view(B, T, *k.shape[1:])  # (B, T, Hkv, D)
-        self.v[layer, :, self.start:end] = v.view(B, T, *v.shape[1:])
+        end = self.start + T  # the model wrote the new keys and values in columns start .. end-1
         q_col = torch.arange(self.start, end, device=q.device)[None, :, None]  # (1, T, 1)
         k_col = torch.arange(end, device=q.device)[None, None, :]  # (1, 1, S)
         mask = (k_col <= q_col) & ((k_col >= self.pads[:, None, None]) | (k_col == q_col))  # (B, T, S)
         out = F.scaled_dot_product_attention(
             q.view(B, T, *q.shape[1:]).transpose(1, 2),  # (B, H, T, D)
-            self.k[layer, :, :end].transpose(1, 2), self.v[layer, :, :end].transpose(1, 2),  # (B, Hkv, S, D)
+            k_cache[:, :end].transpose(1, 2), v_cache[:, :end].transpose(1, 2),  # (B, Hkv, S, D)
             attn_mask=mask[:, None], enable_gqa=True,
         )
         return out.transpose(1, 2).reshape(B * T, *q.shape[1:])  # (B*T, H, D)
@@ -91,6 +88,8 @@ def forward(model, cache: PaddedKVCache, ids: torch.Tensor, positions: torch.Ten
     """ids, positions: (B, T) -> logits of each row's last column: (B, vocab)."""
     B, T = ids.shape
     last = torch.arange(B, device=ids.device) * T + T - 1
+    columns = torch.arange(cache.start, cache.start + T, device=ids.device)
+    cache.new_rows = (torch.arange(B, device=ids.device)[:, None] * cache.max_len + columns).flatten()  # (B*T,)
     logits = model(ids.flatten(), positions.flatten(), cache, logits_at=last)
     cache.start += T
     return logits

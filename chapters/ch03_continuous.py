@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
-                     max_total_len, start_requests, token_progress)
+                     max_total_len, start_requests, token_progress, zeros_kv_cache)
 from minigpt.attention import causal_attention
 
 # %% [markdown]
@@ -142,7 +142,7 @@ class Scheduler:
 # %% [markdown]
 # ## The cache: a slot per running request
 #
-# `k`, `v`: `(layers, num_slots, slot_len, kv_heads, head_dim)`. Viewed flat as
+# Each layer's keys and values: `(num_slots, slot_len, kv_heads, head_dim)`. Viewed flat as
 # `(num_slots * slot_len, kv_heads, head_dim)`, token `p` of the sequence in slot `s` lives at row
 # `s * slot_len + p`: its *cache index*. The engine computes one index per token of the step (the
 # *slot mapping*) and each layer writes all its new keys and values with one indexed copy.
@@ -150,9 +150,7 @@ class Scheduler:
 # %%
 class SlotCache:
     def __init__(self, config: ModelConfig, num_slots: int, slot_len: int, device, dtype):
-        shape = (config.num_hidden_layers, num_slots, slot_len, config.num_key_value_heads, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv_cache = zeros_kv_cache(config, (num_slots, slot_len), device, dtype)  # each layer's (keys, values)
         self.num_slots, self.slot_len = num_slots, slot_len
         self.free_slots = list(range(num_slots - 1, -1, -1))
 
@@ -186,7 +184,7 @@ class SlotCache:
 # ## Attention over a packed batch
 #
 # The flat batch holds decode tokens first (one per sequence), then prompt chunks. Each layer writes
-# the new `k`, `v` at their cache indices, then attends:
+# the new `k`, `v` at their cache indices (the attention object's `new_rows`), then the object attends:
 #
 # * **the reference** (`attention="reference"`): a loop, one `causal_attention` per chunk over its
 #   slot. Plain, obviously right, and slow on a GPU: one small kernel per sequence per layer.
@@ -255,20 +253,21 @@ class PackedAttention:
 
     def __init__(self, cache: SlotCache, reference: bool):
         self.cache, self.reference, self.batch = cache, reference, None
-        # Each layer's cache viewed flat, (slots * slot_len, Hkv, D): made once, not four ops a layer a step.
-        self.k_flat, self.v_flat = [k.flatten(0, 1) for k in cache.k], [v.flatten(0, 1) for v in cache.v]
+        self.kv_cache = cache.kv_cache
 
-    def __call__(self, layer: int, q, k, v):
+    @property
+    def new_rows(self) -> torch.Tensor:
+        return self.batch.cache_index  # the model writes each token's K, V at its cache index
+
+    def __call__(self, layer: int, q, k_cache, v_cache):
         b = self.batch
-        k_flat, v_flat = self.k_flat[layer], self.v_flat[layer]
-        k_flat.index_copy_(0, b.cache_index, k)
-        v_flat.index_copy_(0, b.cache_index, v)
         d = 0 if self.reference else b.num_decode
         if d == len(q):  # decode tokens only
-            return self.decode(layer, q)
+            return self.decode(q, k_cache, v_cache)
         out = torch.empty_like(q)
         if d:
-            out[:d] = self.decode(layer, q[:d])
+            out[:d] = self.decode(q[:d], k_cache, v_cache)
+        k_flat, v_flat = k_cache.flatten(0, -3), v_cache.flatten(0, -3)  # (rows, Hkv, D)
         k_ctx, v_ctx = k_flat[b.prefill_rows], v_flat[b.prefill_rows]  # every prompt chunk's context, packed
         if self.reference:  # one chunk at a time
             t = s = 0
@@ -282,14 +281,14 @@ class PackedAttention:
             out[d:] = packed_attention(q[d:], k_ctx, v_ctx, b.prefill_mask)
         return out
 
-    def decode(self, layer, q):
+    def decode(self, q, k_cache, v_cache):
         """All decode tokens at once over the slots they live in. q: (B, H, D) -> (B, H, D)."""
         c, b = self.cache, self.batch
         B, H, D = q.shape
-        Hkv = c.k.shape[-2]
+        Hkv = k_cache.shape[-2]
         S = b.max_context  # no slot needs more columns than its longest member
-        k = c.k[layer, :, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view of the whole cache
-        v = c.v[layer, :, :S].transpose(1, 2)
+        k = k_cache[:, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view of the whole cache
+        v = v_cache[:, :S].transpose(1, 2)
         qs = q.new_zeros(c.num_slots, Hkv, H // Hkv, D)
         qs[b.decode_rows] = q.view(B, Hkv, H // Hkv, D)  # query heads grouped under their KV head
         lens = torch.zeros(c.num_slots, dtype=torch.long, device=q.device)

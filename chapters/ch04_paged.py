@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from chapters import ch03_continuous
 from chapters.ch03_continuous import ContinuousEngine, PackedAttention, Scheduler, Sequence
-from minigpt import Completions, ModelConfig, Request, fail, max_total_len
+from minigpt import Completions, ModelConfig, Request, fail, max_total_len, zeros_kv_cache
 from minigpt.metrics import console
 
 try:
@@ -63,9 +63,7 @@ except ImportError:  # the CPU wheels of torch come without Triton: the referenc
 class PagedCache:  # NEW: replaces chapter 3's SlotCache
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype,
                  num_requests: int, max_blocks: int):
-        shape = (config.num_hidden_layers, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv_cache = zeros_kv_cache(config, (num_blocks, block_size), device, dtype)  # each layer's (keys, values)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free_blocks = list(range(num_blocks - 1, -1, -1))
         self.ref_count = [0] * num_blocks
@@ -332,13 +330,12 @@ class PagedAttention(PackedAttention):
 
     def __init__(self, cache: PagedCache, reference: bool):
         super().__init__(cache, reference)
-        self.k_pools, self.v_pools = list(cache.k), list(cache.v)  # each layer's blocks: views made once
-        use_triton = triton is not None and cache.k.is_cuda and not reference
+        use_triton = triton is not None and cache.kv_cache[0][0].is_cuda and not reference
         self.kernel = paged_decode_triton if use_triton else paged_decode_reference
 
-    def decode(self, layer, q):  # NEW: read K, V from the blocks
+    def decode(self, q, k_pool, v_pool):  # NEW: read K, V from the blocks
         b = self.batch
-        return self.kernel(q, self.k_pools[layer], self.v_pools[layer], b.decode_rows, b.decode_seq_lens)
+        return self.kernel(q, k_pool, v_pool, b.decode_rows, b.decode_seq_lens)
 
 
 # %% [markdown]
@@ -404,7 +401,7 @@ class PagedEngine(ContinuousEngine):
 
     def make_attention(self):  # NEW
         if triton is not None and self.device.type == "cuda" and not self.reference:
-            compile_decode_kernel(self.cache.k[0], self.cache.v[0], self.config.num_attention_heads)
+            compile_decode_kernel(*self.cache.kv_cache[0], self.config.num_attention_heads)
         return PagedAttention(self.cache, self.reference)
 
     def admit(self, seq: Sequence):  # NEW: a request that can never fit fails alone

@@ -1,9 +1,10 @@
 """The model: a Llama / Qwen2 / Qwen3 decoder that knows nothing about batching.
 
 Its forward takes a flat list of token ids, their positions, and an *attention object* from the
-engine. Each layer computes q, k, v, rotates q and k, and hands them to that object, which stores k, v
-wherever its cache layout wants and returns the attention output. So chapter 1's contiguous cache,
-chapter 3's packed batches and chapter 4's paged blocks all run this same file.
+engine. The object holds the KV cache, in whatever layout it wants, and names the row of that cache each
+token of the step goes to. Each layer computes q, k, v, rotates q and k, writes k, v at those rows and
+hands q to the object, which returns attention over its cache. So chapter 1's contiguous cache, chapter
+3's packed batches and chapter 4's paged blocks all run this same file.
 """
 from __future__ import annotations
 
@@ -19,17 +20,32 @@ from .config import ModelConfig
 
 
 class Attention(Protocol):
-    """What the engine hands the model: store this layer's k, v; return attention over the cache."""
+    """What the engine hands the model: its KV cache, where this step's keys and values go, attention."""
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: (T, n_heads, head_dim); k, v: (T, n_kv_heads, head_dim) -> (T, n_heads, head_dim)."""
+    # Each layer's keys and values, (..., n_kv_heads, head_dim): its own tensors (not views of one), in the
+    # engine's layout. Flattened to rows, (rows, n_kv_heads, head_dim), token i of the step goes to row
+    # new_rows[i] (T,).
+    kv_cache: list[tuple[torch.Tensor, torch.Tensor]]
+    new_rows: torch.Tensor
+
+    def __call__(self, layer: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """q: (T, n_heads, head_dim); the layer's cache, this step's k, v in it -> (T, n_heads, head_dim)."""
         ...
+
+
+def zeros_kv_cache(config: ModelConfig, rows: tuple[int, ...], device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values, zeros of shape (*rows, n_kv_heads, head_dim), each its own tensor:
+    compiled code that writes into views of one tensor must check, every call, that they do not overlap."""
+    shape = (*rows, config.num_key_value_heads, config.head_dim)
+    return [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            for _ in range(config.num_hidden_layers)]
 
 
 # torch.compile cannot trace an engine's attention object: Python bookkeeping, a hand-written Triton
 # kernel, a kernel that takes host integers. Wrapped in a custom op it is one node of the compiled graph,
 # run eagerly, and the whole model around it compiles into one function (vLLM does the same, with its
 # `unified_attention` op). The op finds the engine's attention object here, set around each forward.
+# The K, V write stays outside the op, in the compiled code: fused into the kernel that makes k and v.
 _step_attention: list[Attention] = []
 
 
@@ -43,20 +59,34 @@ def attention_for_this_step(attn: Attention):
 
 
 @torch.library.custom_op("minigpt::attention", mutates_args=())
-def opaque_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
-    """The step's attention object, run eagerly. It also writes k, v into its cache, which no compiled code
-    reads: to the graph this op is a function of q, k, v alone, so it is never reordered or dropped."""
-    return _step_attention[-1](layer, q, k, v).contiguous()
+def opaque_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layer: int) -> torch.Tensor:
+    """The step's attention object, run eagerly. It takes the layer's cache as the compiled code passes it,
+    after this step's write: that input is what orders the op after the write."""
+    return _step_attention[-1](layer, q, k_cache, v_cache).contiguous()
 
 
 @opaque_attention.register_fake
-def _(q, k, v, layer):  # what the compiler knows of the output: q's shape, dtype, device; contiguous
+def _(q, k_cache, v_cache, layer):  # what the compiler knows of the output: q's shape, dtype, device; contiguous
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
-def attend_opaquely(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attend_opaquely(layer: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
     """The attention the compiled layers see."""
-    return opaque_attention(q, k, v, layer)
+    return opaque_attention(q, k_cache, v_cache, layer)
+
+
+class NoAttention:
+    """An attention object over a small cache of its own, returning zeros: the layers without an engine
+    (to compile them, or to time them alone)."""
+
+    # The cache's leading sizes: distinct, and unlike any other size the compiler sees, or it would assume
+    # them equal ever after (dynamic shapes share one symbol among equal sizes) and compile again.
+    def __init__(self, config: ModelConfig, num_tokens: int, device, dtype, rows: tuple[int, ...] = (13, 5)):
+        self.kv_cache = zeros_kv_cache(config, rows, device, dtype)
+        self.new_rows = torch.arange(num_tokens, device=device)
+
+    def __call__(self, layer, q, k_cache, v_cache):
+        return torch.zeros_like(q)
 
 
 class RMSNorm(nn.Module):
@@ -146,9 +176,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, attn: Attention):
+    def forward(self, x, cos, sin, kv_cache: tuple[torch.Tensor, torch.Tensor], new_rows: torch.Tensor,
+                attn: Attention):
         q, k, v = self.self_attn.qkv(self.input_layernorm(x), cos, sin)
-        out = attn(self.self_attn.layer, q, k, v)  # the engine's cache and attention: (T, H, D)
+        k_cache, v_cache = kv_cache
+        k_cache.flatten(0, -3).index_copy_(0, new_rows, k)  # into the engine's cache, at the rows it chose
+        v_cache.flatten(0, -3).index_copy_(0, new_rows, v)
+        out = attn(self.self_attn.layer, q, k_cache, v_cache)  # the engine's attention: (T, H, D)
         x = x + self.self_attn.o_proj(out.flatten(1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -226,12 +260,15 @@ class Transformer(nn.Module):
         if not backend:
             return
         compiled = torch.compile(self.run_layers, backend=backend, dynamic=True)
-        with torch.inference_mode(), attention_for_this_step(lambda layer, q, k, v: torch.zeros_like(q)):
-            for T in (1, 2):  # as the engines run it: the compiled code is guarded on the grad mode, and on
-                # whether its inputs were made in inference mode, as the model's forward makes them
+        for T in (1, 2):  # as the engines run it: the compiled code is guarded on the grad mode, and on
+            # whether each input was made in inference mode: the cache outside it (the engines make theirs
+            # so), the rest inside it, as the model's forward makes them
+            attn = NoAttention(self.config, T, self.device, self.dtype)
+            with torch.inference_mode():
                 x, cos, sin = self.embed_and_rotations(torch.zeros(T, dtype=torch.long, device=self.device),
                                                        torch.arange(T, device=self.device))
-                compiled(x, cos, sin, attend_opaquely)
+                with attention_for_this_step(attn):
+                    compiled(x, cos, sin, attn.kv_cache, attn.new_rows, attend_opaquely)
         self.compiled_layers = compiled
 
     def embed_and_rotations(self, input_ids: torch.Tensor, positions: torch.Tensor):
@@ -240,9 +277,10 @@ class Transformer(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
         return self.embed_tokens(input_ids), angles.cos().to(self.dtype), angles.sin().to(self.dtype)
 
-    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: Attention) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn)
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   kv_cache: list[tuple[torch.Tensor, torch.Tensor]], new_rows: torch.Tensor, attn: Attention):
+        for layer, layer_kv in zip(self.layers, kv_cache):
+            x = layer(x, cos, sin, layer_kv, new_rows, attn)
         return x
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
@@ -254,10 +292,10 @@ class Transformer(nn.Module):
         """
         x, cos, sin = self.embed_and_rotations(input_ids, positions)
         if self.compiled_layers is None:
-            x = self.run_layers(x, cos, sin, attn)
+            x = self.run_layers(x, cos, sin, attn.kv_cache, attn.new_rows, attn)
         else:  # one compiled call, in which each layer's attention calls `attn`
             with attention_for_this_step(attn):
-                x = self.compiled_layers(x, cos, sin, attend_opaquely)
+                x = self.compiled_layers(x, cos, sin, attn.kv_cache, attn.new_rows, attend_opaquely)
         if logits_at is not None:
             x = x[logits_at]
         return self.lm_head(self.norm(x)).float()  # (N, vocab)

@@ -8,16 +8,14 @@ import torch
 import minigpt
 from chapters import ch01_naive
 from minigpt import Request
-from minigpt.attention import causal_attention
 from minigpt.reference import hf_greedy, to_hf
 from tests.conftest import mixed_requests, tiny_hf_model
 
 
 def full_logits(model, ids):
-    def attn(layer, q, k, v):
-        return causal_attention(q, k, v, 0)
-
-    return model(ids, torch.arange(len(ids)), attn)
+    cache = ch01_naive.ContiguousKVCache(model.config, len(ids), model.device, model.dtype)
+    cache.new_rows = torch.arange(len(ids))
+    return model(ids, torch.arange(len(ids)), cache)
 
 
 def test_loaded_logits_match_transformers(hf_checkpoint):
@@ -164,32 +162,44 @@ def test_fused_projections_map_to_and_from_hugging_face_names():
     assert back.keys() == theirs.keys() and all(torch.equal(back[k], theirs[k]) for k in theirs)
 
 
-def test_compiled_model_calls_the_engines_attention_and_lets_its_errors_through():
-    """The compiled layers reach the engine's attention object through the opaque op, once a layer, and an
-    error raised there surfaces unchanged, leaving no attention object set for the next step."""
+def test_compiled_model_writes_the_cache_calls_the_engines_attention_and_lets_its_errors_through():
+    """The compiled layers write each layer's keys and values into the engine's cache, then reach its
+    attention object through the opaque op, once a layer, after the write (attention reads what was
+    written); an error raised there surfaces unchanged, leaving no attention object set for the next step."""
     from minigpt import model as model_module
 
     model = minigpt.from_config("tiny")
     ids, positions = torch.tensor([1, 2, 3]), torch.arange(3)
-    calls = []
 
-    def attention(layer, q, k, v):
-        calls.append(layer)
-        return torch.zeros_like(q)
+    class Recording(ch01_naive.ContiguousKVCache):
+        def __init__(self):
+            super().__init__(model.config, 5, model.device, model.dtype)
+            self.new_rows, self.calls = positions, []
 
-    def broken(layer, q, k, v):
-        raise ValueError("the cache is full")
+        def __call__(self, layer, q, k_cache, v_cache):
+            self.calls.append(layer)
+            return super().__call__(layer, q, k_cache, v_cache)
+
+    class Broken(Recording):
+        def __call__(self, layer, q, k_cache, v_cache):
+            raise ValueError("the cache is full")
 
     with torch.inference_mode():
-        eager = model(ids, positions, lambda layer, q, k, v: torch.zeros_like(q))
+        eager_cache = Recording()
+        eager = model(ids, positions, eager_cache)
     torch._dynamo.reset()
     try:
         model.compile_layers("aot_eager")
         with torch.inference_mode():
-            torch.testing.assert_close(model(ids, positions, attention), eager)
-            assert calls == list(range(model.config.num_hidden_layers))
+            cache = Recording()
+            torch.testing.assert_close(model(ids, positions, cache), eager)
+            assert cache.calls == list(range(model.config.num_hidden_layers))
+            for (k, v), (k_eager, v_eager) in zip(cache.kv_cache, eager_cache.kv_cache):
+                torch.testing.assert_close(k, k_eager)
+                torch.testing.assert_close(v, v_eager)
+                assert k[:3].abs().sum() > 0 and k[3:].abs().sum() == 0  # rows 0-2 written, no others
             with pytest.raises(ValueError, match="the cache is full"):
-                model(ids, positions, broken)
+                model(ids, positions, Broken())
         assert model_module._step_attention == []
     finally:
         model.compile_layers(None)

@@ -21,9 +21,9 @@ t = time.perf_counter(); model.compile_layers("inductor"); print(f"compile {time
 rec = []
 
 class Timed:
-    def __init__(self, attn): self.attn, self.t = attn, 0.0
-    def __call__(self, layer, q, k, v):
-        t = time.perf_counter(); out = self.attn(layer, q, k, v); self.t += time.perf_counter() - t; return out
+    def __init__(self, attn): self.attn, self.t, self.kv_cache, self.new_rows = attn, 0.0, attn.kv_cache, attn.new_rows
+    def __call__(self, layer, q, k_cache, v_cache):
+        t = time.perf_counter(); out = self.attn(layer, q, k_cache, v_cache); self.t += time.perf_counter() - t; return out
 
 class Probe(ch04_paged.PagedEngine):
     def step(self):
@@ -63,7 +63,7 @@ model.compile_layers(None)
 run("ch04 eager", compile=False)
 
 # Micro-timings, CPU time per call (no sync inside the loop), B=256 decoding rows of ~1000 tokens
-from minigpt.model import attention_for_this_step, attend_opaquely, opaque_attention
+from minigpt.model import NoAttention, attention_for_this_step, attend_opaquely, opaque_attention
 def cpu_us(fn, n=200):
     for _ in range(10): fn()
     torch.cuda.synchronize(); t = time.perf_counter()
@@ -77,12 +77,14 @@ tables = torch.randint(0, 4096, (B, 64), device="cuda"); lens = torch.full((B,),
 print(f"paged_decode_triton {cpu_us(lambda: ch04_paged.paged_decode_triton(q, pool, pool, tables, lens)):.1f} us")
 idx = torch.arange(B, device="cuda"); flat = pool.flatten(0, 1)
 print(f"index_copy_ {cpu_us(lambda: flat.index_copy_(0, idx, kv)):.1f} us")
-with torch.inference_mode(), attention_for_this_step(lambda layer, q, k, v: torch.empty_like(q)):
-    print(f"opaque op, attention returning empty_like(q) {cpu_us(lambda: opaque_attention(q, kv, kv, 0)):.1f} us")
+with torch.inference_mode(), attention_for_this_step(lambda layer, q, k_cache, v_cache: torch.empty_like(q)):
+    print(f"opaque op, attention returning empty_like(q) {cpu_us(lambda: opaque_attention(q, pool, pool, 0)):.1f} us")
 x = torch.randn(B, c.hidden_size, device="cuda", dtype=torch.bfloat16)
 cos = torch.randn(B, 1, c.head_dim, device="cuda", dtype=torch.bfloat16)
 model.compile_layers("inductor")
-with torch.inference_mode(), attention_for_this_step(lambda layer, q, k, v: torch.empty_like(q)):
+none = NoAttention(c, B, "cuda", torch.bfloat16, rows=(4096, 16))
+with torch.inference_mode(), attention_for_this_step(none):
     x, cos = x.clone(), cos.clone()
-    print(f"compiled layers, attention returning empty_like(q) {cpu_us(lambda: model.compiled_layers(x, cos, cos, attend_opaquely), 50):.1f} us")
+    print(f"compiled layers (K/V write included), attention returning zeros_like(q) "
+          f"{cpu_us(lambda: model.compiled_layers(x, cos, cos, none.kv_cache, none.new_rows, attend_opaquely), 50):.1f} us")
     print(f"lm_head+norm {cpu_us(lambda: model.lm_head(model.norm(x)).float(), 50):.1f} us")
