@@ -161,14 +161,14 @@ def bench_attention(argv):
         D = 128
         width = ctx // bs
         blocks = B * width
-        k = torch.randn(blocks, bs, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(blocks * bs, Hkv, D, device="cuda", dtype=torch.bfloat16)  # a layer's cache rows
         v = torch.randn_like(k)
         tables = torch.randperm(blocks, device="cuda").view(B, width)
         lens = torch.full((B,), ctx, device="cuda")
         q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
         nbytes = 2 * k.numel() * k.element_size()
-        for name, fn in [("triton", lambda: paged_decode_triton(q, k, v, tables, lens)),
-                         ("gather+sdpa", lambda: paged_decode_reference(q, k, v, tables, lens))]:
+        for name, fn in [("triton", lambda: paged_decode_triton(q, k, v, tables, lens, bs)),
+                         ("gather+sdpa", lambda: paged_decode_reference(q, k, v, tables, lens, bs))]:
             ms = triton.testing.do_bench(fn, return_mode="median")
             rows.append({"kernel": name, "batch": B, "context": ctx, "heads": H, "kv_heads": Hkv,
                          "block_size": bs, "us": ms * 1e3, "tb_per_s": nbytes / ms / 1e9,

@@ -56,7 +56,7 @@ class ContiguousKVCache:
     """The attention object of chapter 1: one request's keys and values, stored contiguously."""
 
     def __init__(self, config: ModelConfig, max_len: int, device, dtype):
-        self.kv_cache = zeros_kv_cache(config, (max_len,), device, dtype)  # each layer's (keys, values)
+        self.kv_cache = zeros_kv_cache(config, max_len, device, dtype)  # each layer's (keys, values)
         self.start = 0  # how many positions are already cached
         self.new_rows = None  # this step's positions, set by forward()
 

@@ -46,7 +46,8 @@ from minigpt import (Clock, Completions, ModelConfig, Request, Sampler, finish_r
 # %% [markdown]
 # ## The cache: one rectangle per batch
 #
-# Keys and values for `B` requests, each layer's `(B, max_len, kv_heads, head_dim)`. Request `b`'s prompt
+# Keys and values for `B` requests, each layer's `(B * max_len, kv_heads, head_dim)`, viewed as a
+# `(B, max_len)` rectangle of them. Request `b`'s prompt
 # sits in columns `pad[b] .. P-1`, where `P` is the longest prompt. Column `c` of request `b` holds
 # position `c - pad[b]`. A query in column `i` may see column `j` when `pad[b] <= j <= i` (causal, not
 # padding). A pad query sees only itself: a row with nothing to attend to would give NaN, and a NaN
@@ -55,7 +56,7 @@ from minigpt import (Clock, Completions, ModelConfig, Request, Sampler, finish_r
 # %%
 class PaddedKVCache:  # NEW: a (B, max_len) rectangle instead of one request's row
     def __init__(self, config: ModelConfig, pads: list[int], max_len: int, device, dtype):
-        self.kv_cache = zeros_kv_cache(config, (len(pads), max_len), device, dtype)  # each layer's (keys, values)
+        self.kv_cache = zeros_kv_cache(config, len(pads) * max_len, device, dtype)  # each layer's (keys, values)
         self.max_len = max_len
         self.pads = torch.tensor(pads, device=device)  # (B,)
         self.start = 0  # columns already cached
@@ -68,9 +69,11 @@ class PaddedKVCache:  # NEW: a (B, max_len) rectangle instead of one request's r
         q_col = torch.arange(self.start, end, device=q.device)[None, :, None]  # (1, T, 1)
         k_col = torch.arange(end, device=q.device)[None, None, :]  # (1, 1, S)
         mask = (k_col <= q_col) & ((k_col >= self.pads[:, None, None]) | (k_col == q_col))  # (B, T, S)
+        k = k_cache.view(B, self.max_len, *k_cache.shape[1:])[:, :end]  # (B, S, Hkv, D): the rectangle
+        v = v_cache.view(B, self.max_len, *v_cache.shape[1:])[:, :end]
         out = F.scaled_dot_product_attention(
             q.view(B, T, *q.shape[1:]).transpose(1, 2),  # (B, H, T, D)
-            k_cache[:, :end].transpose(1, 2), v_cache[:, :end].transpose(1, 2),  # (B, Hkv, S, D)
+            k.transpose(1, 2), v.transpose(1, 2),  # (B, Hkv, S, D)
             attn_mask=mask[:, None], enable_gqa=True,
         )
         return out.transpose(1, 2).reshape(B * T, *q.shape[1:])  # (B*T, H, D)

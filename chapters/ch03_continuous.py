@@ -142,15 +142,14 @@ class Scheduler:
 # %% [markdown]
 # ## The cache: a slot per running request
 #
-# Each layer's keys and values: `(num_slots, slot_len, kv_heads, head_dim)`. Viewed flat as
-# `(num_slots * slot_len, kv_heads, head_dim)`, token `p` of the sequence in slot `s` lives at row
-# `s * slot_len + p`: its *cache index*. The engine computes one index per token of the step (the
+# Each layer's keys and values: `(num_slots * slot_len, kv_heads, head_dim)`, viewed as `num_slots` slots of
+# `slot_len` rows. Token `p` of the sequence in slot `s` lives at row `s * slot_len + p`: its *cache index*. The engine computes one index per token of the step (the
 # *slot mapping*) and each layer writes all its new keys and values with one indexed copy.
 
 # %%
 class SlotCache:
     def __init__(self, config: ModelConfig, num_slots: int, slot_len: int, device, dtype):
-        self.kv_cache = zeros_kv_cache(config, (num_slots, slot_len), device, dtype)  # each layer's (keys, values)
+        self.kv_cache = zeros_kv_cache(config, num_slots * slot_len, device, dtype)  # each layer's (keys, values)
         self.num_slots, self.slot_len = num_slots, slot_len
         self.free_slots = list(range(num_slots - 1, -1, -1))
 
@@ -267,8 +266,7 @@ class PackedAttention:
         out = torch.empty_like(q)
         if d:
             out[:d] = self.decode(q[:d], k_cache, v_cache)
-        k_flat, v_flat = k_cache.flatten(0, -3), v_cache.flatten(0, -3)  # (rows, Hkv, D)
-        k_ctx, v_ctx = k_flat[b.prefill_rows], v_flat[b.prefill_rows]  # every prompt chunk's context, packed
+        k_ctx, v_ctx = k_cache[b.prefill_rows], v_cache[b.prefill_rows]  # every prompt chunk's context, packed
         if self.reference:  # one chunk at a time
             t = s = 0
             for ch in b.chunks:
@@ -287,8 +285,8 @@ class PackedAttention:
         B, H, D = q.shape
         Hkv = k_cache.shape[-2]
         S = b.max_context  # no slot needs more columns than its longest member
-        k = k_cache[:, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view of the whole cache
-        v = v_cache[:, :S].transpose(1, 2)
+        k = k_cache.view(c.num_slots, c.slot_len, Hkv, D)[:, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view
+        v = v_cache.view(c.num_slots, c.slot_len, Hkv, D)[:, :S].transpose(1, 2)
         qs = q.new_zeros(c.num_slots, Hkv, H // Hkv, D)
         qs[b.decode_rows] = q.view(B, Hkv, H // Hkv, D)  # query heads grouped under their KV head
         lens = torch.zeros(c.num_slots, dtype=torch.long, device=q.device)

@@ -63,7 +63,7 @@ except ImportError:  # the CPU wheels of torch come without Triton: the referenc
 class PagedCache:  # NEW: replaces chapter 3's SlotCache
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype,
                  num_requests: int, max_blocks: int):
-        self.kv_cache = zeros_kv_cache(config, (num_blocks, block_size), device, dtype)  # each layer's (keys, values)
+        self.kv_cache = zeros_kv_cache(config, num_blocks * block_size, device, dtype)  # each layer's (keys, values)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free_blocks = list(range(num_blocks - 1, -1, -1))
         self.ref_count = [0] * num_blocks
@@ -225,13 +225,14 @@ class PagedScheduler(Scheduler):
 # merged after.
 
 # %%
-def paged_decode_reference(q, k_pool, v_pool, tables, seq_lens):
-    """q: (B, H, D); pools: (blocks, block_size, Hkv, D); tables: (B, max_blocks); seq_lens: (B,)."""
+def paged_decode_reference(q, k_cache, v_cache, tables, seq_lens, block_size: int):
+    """q: (B, H, D); caches: (blocks * block_size, Hkv, D), block i its rows i*block_size ..;
+    tables: (B, max_blocks); seq_lens: (B,)."""
     B, H, D = q.shape
-    Hkv = k_pool.shape[2]
-    S = tables.shape[1] * k_pool.shape[1]
-    k = k_pool[tables].view(B, S, Hkv, D).transpose(1, 2)  # gather: (B, Hkv, S, D)
-    v = v_pool[tables].view(B, S, Hkv, D).transpose(1, 2)
+    Hkv = k_cache.shape[1]
+    S = tables.shape[1] * block_size
+    k = k_cache.view(-1, block_size, Hkv, D)[tables].view(B, S, Hkv, D).transpose(1, 2)  # gather: (B, Hkv, S, D)
+    v = v_cache.view(-1, block_size, Hkv, D)[tables].view(B, S, Hkv, D).transpose(1, 2)
     mask = torch.arange(S, device=q.device)[None, :] < seq_lens[:, None]  # (B, S)
     out = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, D), k, v, attn_mask=mask[:, None, None, :])
     return out.reshape(B, H, D)
@@ -241,7 +242,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["stride_tb"])  # the table width changes step to step: no recompiles
     def _paged_decode_kernel(Q, K, V, Tables, SeqLens, Out, M, L, scale,
-                             stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb,
+                             stride_qb, stride_qh, stride_kr, stride_kh, stride_tb,
                              stride_ob, stride_oh, stride_os,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                              BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr):
@@ -258,7 +259,7 @@ if triton is not None:
         for start in range(lo, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
             block = tl.load(Tables + b * stride_tb + n // BLOCK_SIZE, mask=n < hi, other=0)
-            rows = (block * stride_kb + (n % BLOCK_SIZE) * stride_ks + kv_head * stride_kh)[:, None] + d[None, :]
+            rows = ((block * BLOCK_SIZE + n % BLOCK_SIZE) * stride_kr + kv_head * stride_kh)[:, None] + d[None, :]
             k = tl.load(K + rows, mask=(n < hi)[:, None], other=0.0)  # (BLOCK_N, D)
             v = tl.load(V + rows, mask=(n < hi)[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # (BLOCK_G, BLOCK_N)
@@ -289,19 +290,20 @@ def decode_splits(batch: int, kv_heads: int) -> int:
     return next((s for s in SPLITS if s >= want), SPLITS[-1])
 
 
-def compile_decode_kernel(k_pool, v_pool, num_heads: int):
+def compile_decode_kernel(k_cache, v_cache, num_heads: int, block_size: int):
     """Compile every variant up front (about half a second each), so that none compiles mid-run."""
-    q = torch.zeros(1, num_heads, k_pool.shape[-1], device=k_pool.device, dtype=k_pool.dtype)
-    tables = torch.zeros(1, 1, dtype=torch.long, device=k_pool.device)
-    lens = torch.ones(1, dtype=torch.long, device=k_pool.device)
+    q = torch.zeros(1, num_heads, k_cache.shape[-1], device=k_cache.device, dtype=k_cache.dtype)
+    tables = torch.zeros(1, 1, dtype=torch.long, device=k_cache.device)
+    lens = torch.ones(1, dtype=torch.long, device=k_cache.device)
     for splits in SPLITS:
-        paged_decode_triton(q, k_pool, v_pool, tables, lens, splits=splits)
+        paged_decode_triton(q, k_cache, v_cache, tables, lens, block_size, splits=splits)
 
 
-def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None = None, block_n: int = 64):
+def paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, block_size: int, splits: int | None = None,
+                        block_n: int = 64):
     """The same contract as paged_decode_reference, reading blocks in place (CUDA only)."""
     B, H, D = q.shape
-    Hkv, bs = k_pool.shape[2], k_pool.shape[1]
+    Hkv = k_cache.shape[1]
     G = H // Hkv
     splits = splits or decode_splits(B, Hkv)
     if splits == 1:  # the output, in q's dtype (the parts' maxima and sums are not kept: no buffers)
@@ -311,10 +313,10 @@ def paged_decode_triton(q, k_pool, v_pool, tables, seq_lens, splits: int | None 
         m = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
         denom = torch.empty_like(m)
     _paged_decode_kernel[(B, Hkv, splits)](
-        q, k_pool, v_pool, tables, seq_lens, acc, m, denom, D ** -0.5,
-        q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2), tables.stride(0),
+        q, k_cache, v_cache, tables, seq_lens, acc, m, denom, D ** -0.5,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), tables.stride(0),
         acc.stride(0), acc.stride(1), acc.stride(2),
-        G=G, BLOCK_G=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=bs, BLOCK_N=block_n, SPLITS=splits,
+        G=G, BLOCK_G=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=block_size, BLOCK_N=block_n, SPLITS=splits,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # float32 stays float32 (no TF32 rounding)
     )
     if splits == 1:
@@ -333,9 +335,9 @@ class PagedAttention(PackedAttention):
         use_triton = triton is not None and cache.kv_cache[0][0].is_cuda and not reference
         self.kernel = paged_decode_triton if use_triton else paged_decode_reference
 
-    def decode(self, q, k_pool, v_pool):  # NEW: read K, V from the blocks
+    def decode(self, q, k_cache, v_cache):  # NEW: read K, V from the blocks
         b = self.batch
-        return self.kernel(q, k_pool, v_pool, b.decode_rows, b.decode_seq_lens)
+        return self.kernel(q, k_cache, v_cache, b.decode_rows, b.decode_seq_lens, self.cache.block_size)
 
 
 # %% [markdown]
@@ -401,7 +403,7 @@ class PagedEngine(ContinuousEngine):
 
     def make_attention(self):  # NEW
         if triton is not None and self.device.type == "cuda" and not self.reference:
-            compile_decode_kernel(*self.cache.kv_cache[0], self.config.num_attention_heads)
+            compile_decode_kernel(*self.cache.kv_cache[0], self.config.num_attention_heads, self.block_size)
         return PagedAttention(self.cache, self.reference)
 
     def admit(self, seq: Sequence):  # NEW: a request that can never fit fails alone

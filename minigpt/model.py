@@ -22,9 +22,8 @@ from .config import ModelConfig
 class Attention(Protocol):
     """What the engine hands the model: its KV cache, where this step's keys and values go, attention."""
 
-    # Each layer's keys and values, (..., n_kv_heads, head_dim): its own tensors (not views of one), in the
-    # engine's layout. Flattened to rows, (rows, n_kv_heads, head_dim), token i of the step goes to row
-    # new_rows[i] (T,).
+    # Each layer's keys and values as rows, (rows, n_kv_heads, head_dim), in the order the engine likes (it
+    # views them as its layout). Token i of the step goes to row new_rows[i] (T,).
     kv_cache: list[tuple[torch.Tensor, torch.Tensor]]
     new_rows: torch.Tensor
 
@@ -33,10 +32,11 @@ class Attention(Protocol):
         ...
 
 
-def zeros_kv_cache(config: ModelConfig, rows: tuple[int, ...], device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values, zeros of shape (*rows, n_kv_heads, head_dim), each its own tensor:
-    compiled code that writes into views of one tensor must check, every call, that they do not overlap."""
-    shape = (*rows, config.num_key_value_heads, config.head_dim)
+def zeros_kv_cache(config: ModelConfig, rows: int, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values, zeros of shape (rows, n_kv_heads, head_dim). Each is its own tensor, and
+    the model writes into it as it is, not into a view of it: given views, the compiled code copies whole
+    caches to write a few rows into them (on the H200, or checks every call that they do not overlap)."""
+    shape = (rows, config.num_key_value_heads, config.head_dim)
     return [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(config.num_hidden_layers)]
 
@@ -79,9 +79,9 @@ class NoAttention:
     """An attention object over a small cache of its own, returning zeros: the layers without an engine
     (to compile them, or to time them alone)."""
 
-    # The cache's leading sizes: distinct, and unlike any other size the compiler sees, or it would assume
-    # them equal ever after (dynamic shapes share one symbol among equal sizes) and compile again.
-    def __init__(self, config: ModelConfig, num_tokens: int, device, dtype, rows: tuple[int, ...] = (13, 5)):
+    # The cache's rows: unlike any other size the compiler sees, or it would assume them equal ever after
+    # (dynamic shapes share one symbol among equal sizes) and compile again.
+    def __init__(self, config: ModelConfig, num_tokens: int, device, dtype, rows: int = 65):
         self.kv_cache = zeros_kv_cache(config, rows, device, dtype)
         self.new_rows = torch.arange(num_tokens, device=device)
 
@@ -180,8 +180,8 @@ class DecoderLayer(nn.Module):
                 attn: Attention):
         q, k, v = self.self_attn.qkv(self.input_layernorm(x), cos, sin)
         k_cache, v_cache = kv_cache
-        k_cache.flatten(0, -3).index_copy_(0, new_rows, k)  # into the engine's cache, at the rows it chose
-        v_cache.flatten(0, -3).index_copy_(0, new_rows, v)
+        k_cache.index_copy_(0, new_rows, k)  # into the engine's cache, at the rows it chose
+        v_cache.index_copy_(0, new_rows, v)
         out = attn(self.self_attn.layer, q, k_cache, v_cache)  # the engine's attention: (T, H, D)
         x = x + self.self_attn.o_proj(out.flatten(1))
         return x + self.mlp(self.post_attention_layernorm(x))

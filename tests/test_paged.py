@@ -75,7 +75,7 @@ def test_reference_decode_equals_per_sequence_attention():
     tables = torch.randperm(blocks, generator=g)[:12].view(3, 4)
     lens = torch.tensor([5, 16, 1])
     q = torch.randn(3, H, D, generator=g)
-    out = paged_decode_reference(q, k_pool, v_pool, tables, lens)
+    out = paged_decode_reference(q, k_pool.flatten(0, 1), v_pool.flatten(0, 1), tables, lens, bs)
     for b in range(3):
         k = k_pool[tables[b]].flatten(0, 1)[: lens[b]]
         v = v_pool[tables[b]].flatten(0, 1)[: lens[b]]
@@ -100,9 +100,10 @@ def test_triton_kernel_equals_reference(B, H, Hkv, bs, max_len, dtype):
     v_pool = torch.randn(blocks, bs, Hkv, D, device="cuda", dtype=dtype, generator=g)
     tables = torch.randperm(blocks, device="cuda", generator=g)[: B * width].view(B, width)
     q = torch.randn(B, H, D, device="cuda", dtype=dtype, generator=g)
-    ref = paged_decode_reference(q.float(), k_pool.float(), v_pool.float(), tables, lens)
+    k_cache, v_cache = k_pool.flatten(0, 1), v_pool.flatten(0, 1)  # the rows the engine's cache holds
+    ref = paged_decode_reference(q.float(), k_cache.float(), v_cache.float(), tables, lens, bs)
     for splits in (None, 1, 3):
-        out = paged_decode_triton(q, k_pool, v_pool, tables, lens, splits=splits)
+        out = paged_decode_triton(q, k_cache, v_cache, tables, lens, bs, splits=splits)
         tol = 2e-3 if dtype == torch.float32 else 3e-2
         assert out.dtype == dtype and torch.allclose(out.float(), ref, atol=tol, rtol=tol), (out.float() - ref).abs().max()
 

@@ -72,17 +72,17 @@ def cpu_us(fn, n=200):
 c = model.config; B = 256
 q = torch.randn(B, c.num_attention_heads, c.head_dim, device="cuda", dtype=torch.bfloat16)
 kv = torch.randn(B, c.num_key_value_heads, c.head_dim, device="cuda", dtype=torch.bfloat16)
-pool = torch.zeros(4096, 16, c.num_key_value_heads, c.head_dim, device="cuda", dtype=torch.bfloat16)
+pool = torch.zeros(4096 * 16, c.num_key_value_heads, c.head_dim, device="cuda", dtype=torch.bfloat16)
 tables = torch.randint(0, 4096, (B, 64), device="cuda"); lens = torch.full((B,), 1000, device="cuda")
-print(f"paged_decode_triton {cpu_us(lambda: ch04_paged.paged_decode_triton(q, pool, pool, tables, lens)):.1f} us")
-idx = torch.arange(B, device="cuda"); flat = pool.flatten(0, 1)
-print(f"index_copy_ {cpu_us(lambda: flat.index_copy_(0, idx, kv)):.1f} us")
+print(f"paged_decode_triton {cpu_us(lambda: ch04_paged.paged_decode_triton(q, pool, pool, tables, lens, 16)):.1f} us")
+idx = torch.arange(B, device="cuda")
+print(f"index_copy_ {cpu_us(lambda: pool.index_copy_(0, idx, kv)):.1f} us")
 with torch.inference_mode(), attention_for_this_step(lambda layer, q, k_cache, v_cache: torch.empty_like(q)):
     print(f"opaque op, attention returning empty_like(q) {cpu_us(lambda: opaque_attention(q, pool, pool, 0)):.1f} us")
 x = torch.randn(B, c.hidden_size, device="cuda", dtype=torch.bfloat16)
 cos = torch.randn(B, 1, c.head_dim, device="cuda", dtype=torch.bfloat16)
 model.compile_layers("inductor")
-none = NoAttention(c, B, "cuda", torch.bfloat16, rows=(4096, 16))
+none = NoAttention(c, B, "cuda", torch.bfloat16, rows=4096 * 16)
 with torch.inference_mode(), attention_for_this_step(none):
     x, cos = x.clone(), cos.clone()
     print(f"compiled layers (K/V write included), attention returning zeros_like(q) "
