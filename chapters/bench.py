@@ -280,7 +280,8 @@ W1_FILES = ["h200_w1_ch02.json", "h200_w1.json"]
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
 # transformers' continuous batching beside chapter 5 on the same requests; its async mode in a run of its own
 PEER_FILES = ["h200_w1_64_transformers.json", "h200_w1_64_transformers_async.json"]
-REPEAT_FILES = ["h200_w1_ch04_repeat.json"]  # CPU-bound chapters timed several times (`--repeat`)
+# CPU-bound chapters timed several times (`--repeat`); the second, two commits of ch04 alternated on one machine
+REPEAT_FILES = ["h200_w1_ch04_repeat.json", "h200_w1_ch04_ab_kv_write.json"]
 CHAPTER_ROWS = [  # (result label, row name, idea)
     ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
     ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
@@ -372,12 +373,12 @@ def results_markdown() -> str:
     if variants:  # the same engines with other options, in the same run
         lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
         lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
-    repeated = [r for f in REPEAT_FILES for r in load(f)["results"]]
-    lines += ["", "Timed several times in another run (`--repeat`; a CPU-bound engine moves with the host's CPU, "
+    repeated = [(r, load(f)["environment"]["commit"]) for f in REPEAT_FILES for r in load(f)["results"]]
+    lines += ["", "Timed several times in other runs (`--repeat`; a CPU-bound engine moves with the host's CPU, "
               "whose speed changes for seconds at a time: NOTES.md):", "",
               "| run | median output tokens/s | every run's output tokens/s |", "| --- | ---: | --- |"]
-    lines += [f"| `{r['chapter']}` | {r['tokens_per_s']:,.0f} | "
-              f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra']['walls_s'])} |" for r in repeated]
+    lines += [f"| `{r['chapter'] if ' at ' in r['chapter'] else r['chapter'] + ' at ' + commit}` | {r['tokens_per_s']:,.0f} | "
+              f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra']['walls_s'])} |" for r, commit in repeated]
     peers = [load(f) for f in PEER_FILES]
     lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
               f"{peers[0]['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):",

@@ -55,10 +55,14 @@ def run(tag, **opts):
 
 ch04_paged.PagedEngine(model)  # engine construction compiles (cached)
 Probe(model, max_batch_tokens=8192).generate(requests[:8])
+import collections, warnings  # noqa: E401
+torch.cuda.set_sync_debug_mode("warn")  # where does the CPU wait for the GPU? (one step's worth is expected)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    Probe(model, max_batch_tokens=8192).generate(requests[:16])
+torch.cuda.set_sync_debug_mode(0)
+print("synchronising calls, 16 requests:", collections.Counter(f"{w.filename}:{w.lineno}" for w in caught).most_common(6))
 run("ch04"); run("ch04 again")
-with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-    run("ch04 skip_guard_eval_unsafe"); run("ch04 skip_guard_eval_unsafe again")
-run("ch04 third")
 model.compile_layers(None)
 run("ch04 eager", compile=False)
 
