@@ -355,11 +355,14 @@ class PagedAttention(PackedAttention):
 # therefore has `torch.compile` fuse them (`compile=True`, see `Transformer.compile_layers`). The compiler
 # cannot follow the attention object (Python bookkeeping, a hand-written kernel), so the model wraps it in
 # a *custom op*, `minigpt::attention`: one opaque node that calls the object eagerly, around which all
-# 28 layers compile into one function, a step's one call (vLLM does the same). This chapter gains 22% from
-# it: 7,341 tokens/s on W1 against 6,013 without, in one run (medians of three more: 7,664 and 7,071).
-# Its steps still wait on the CPU: 13-27 ms each, as fast as the host's CPU runs, for about 6 ms of GPU
-# work, most of it launching the ~13 kernels of each layer one by one (NOTES.md has the split). Chapter 5,
-# whose decode steps replay as CUDA graphs, is where the GPU time shows.
+# 28 layers compile into one function, a step's one call (vLLM does the same). The model writes k and v
+# into the engine's cache itself, before the op (which takes the layer's cache, so that it runs after the
+# write): the compiler folds the write into the kernel that finishes k and v, where it used to be two
+# more kernels a layer inside the op. This chapter gained 22% from compiling: 7,341 tokens/s on W1 against
+# 6,013 without, in one run (medians of three more: 7,664 and 7,071; both before the write moved). Its
+# steps still wait on the CPU: 13-27 ms each, as fast as the host's CPU runs, for about 6 ms of GPU work,
+# most of it launching the 11 kernels of each layer one by one (NOTES.md has the split). Chapter 5, whose
+# decode steps replay as CUDA graphs, is where the GPU time shows.
 
 # %%
 class PagedEngine(ContinuousEngine):

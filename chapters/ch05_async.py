@@ -23,7 +23,7 @@
 # Chapter 4's step is: schedule, prepare inputs, copy them over, run the model, sample, copy the tokens
 # back, update. Only the middle runs on the GPU; during everything else it waits for the CPU, and the CPU
 # waits for it at `.tolist()`. On the seed article's run that idle time was 24% of the wall clock; this
-# chapter's engine, run synchronously on the H200, left the GPU idle 17% of W1's decode phase and 11% of
+# chapter's engine, run synchronously on the H200, left the GPU idle 19% of W1's decode phase and 11% of
 # W2's.
 #
 # The tokens of step N are needed to *update* the requests, but not to *schedule* step N+1: which
@@ -458,8 +458,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
 # shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms
 # decode steps (89% busy); asynchronously the median gap was 1 us (99.5% busy) and the run took 10.5% less
-# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (about 6 ms), 6.45 s against 7.52 s,
-# the decode phase 99.6% busy against 82.7% (the synchronous time moves with the host's CPU: 8.55 s in an
+# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (about 5.4 ms), 6.10 s against 7.34 s,
+# the decode phase 99.9% busy against 81.4% (the synchronous time moves with the host's CPU: 8.55 s in an
 # earlier run with slower Python on a slower host). `figures/async_timeline_w1.png` shows twenty steps of W1, sync
 # above async; NOTES.md has what still limits both.
 #
