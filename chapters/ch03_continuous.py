@@ -142,9 +142,10 @@ class Scheduler:
 # %% [markdown]
 # ## The cache: a slot per running request
 #
-# Each layer's keys and values: `(num_slots * slot_len, kv_heads, head_dim)`, viewed as `num_slots` slots of
-# `slot_len` rows. Token `p` of the sequence in slot `s` lives at row `s * slot_len + p`: its *cache index*. The engine computes one index per token of the step (the
-# *slot mapping*) and each layer writes all its new keys and values with one indexed copy.
+# Each layer's keys and values: `(num_slots * slot_len, kv_heads, head_dim)`, viewed as `num_slots` slots
+# of `slot_len` rows. Token `p` of the sequence in slot `s` lives at row `s * slot_len + p`: its *cache
+# index*. The engine computes one index per token of the step (the *slot mapping*) and each layer writes
+# all its new keys and values with one indexed copy.
 
 # %%
 class SlotCache:

@@ -472,8 +472,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    prompt token always be computed, even when the whole prompt is cached?
 # 4. See what the compiler made: `model.compile_layers("inductor")` with `TORCH_LOGS=output_code` set
 #    (on the CPU too: seconds for the tiny model). Find the calls of `torch.ops.minigpt.attention`, one a
-#    layer, the kernels between two of them, and the RoPE arithmetic inside one of those kernels. How
-#    many launches does a layer cost now, and which of them could still go?
+#    layer, the kernels between two of them, and inside those kernels the RoPE arithmetic and the cache
+#    write (`index_copy`). How many launches does a layer cost now, and which of them could still go?
 
 # %%
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
