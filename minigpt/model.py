@@ -34,8 +34,9 @@ class Attention(Protocol):
 
 def zeros_kv_cache(config: ModelConfig, rows: int, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each layer's keys and values, zeros of shape (rows, n_kv_heads, head_dim). Each is its own tensor, and
-    the model writes into it as it is, not into a view of it: given views, the compiled code copies whole
-    caches to write a few rows into them (on the H200, or checks every call that they do not overlap)."""
+    the model writes into it as it is: told to write into a view, the compiled code copied the whole cache
+    out and back to write a few rows (on the H200); given views of one tensor, it checks every call that
+    they do not overlap (NOTES.md)."""
     shape = (rows, config.num_key_value_heads, config.head_dim)
     return [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(config.num_hidden_layers)]
