@@ -373,11 +373,13 @@ def results_markdown() -> str:
     if variants:  # the same engines with other options, in the same run
         lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
         lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
-    repeated = [(r, load(f)["environment"]["commit"]) for f in REPEAT_FILES for r in load(f)["results"]]
+    # Each row's commit: its own (runs of two commits in one file) or its file's.
+    repeated = [(r, r["extra"].get("commit", load(f)["environment"]["commit"])) for f in REPEAT_FILES
+                for r in load(f)["results"]]
     lines += ["", "Timed several times in other runs (`--repeat`; a CPU-bound engine moves with the host's CPU, "
               "whose speed changes for seconds at a time: NOTES.md):", "",
               "| run | median output tokens/s | every run's output tokens/s |", "| --- | ---: | --- |"]
-    lines += [f"| `{r['chapter'] if ' at ' in r['chapter'] else r['chapter'] + ' at ' + commit}` | {r['tokens_per_s']:,.0f} | "
+    lines += [f"| `{r['chapter']}` at {commit} | {r['tokens_per_s']:,.0f} | "
               f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra']['walls_s'])} |" for r, commit in repeated]
     peers = [load(f) for f in PEER_FILES]
     lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
