@@ -369,16 +369,20 @@ class PagedEngine(ContinuousEngine):
     name = "ch04 paged"
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None,
-                 memory_fraction: float = 0.9, share_prefixes: bool = False, compile: bool | str = True, **options):
+                 memory_fraction: float = 0.9, share_prefixes: bool = False, compile: bool | str = True,
+                 cpp_wrapper: bool = True, **options):
         super().__init__(model, **options)
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
         # NEW: the compiled model. True: on a GPU only (on the CPU, compiling takes longer than the runs it
         # would speed up); a torch.compile backend name: that backend anywhere (the tests trace with "aot_eager").
         self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else None
-        with console.status(f"compiling the model ({self.compile}): a minute the first time, seconds after",
+        # NEW: inductor's launching code in C++, not Python (see `Transformer.compile_layers`)
+        self.cpp_wrapper = cpp_wrapper and self.compile == "inductor" and self.device.type == "cuda"
+        how = f"{self.compile}, C++ wrapper" if self.cpp_wrapper else self.compile
+        with console.status(f"compiling the model ({how}): minutes the first time, a minute after",
                             spinner="dots") if self.compile and self.progress else contextlib.nullcontext():
-            model.compile_layers(self.compile)
+            model.compile_layers(self.compile, self.cpp_wrapper)
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
         self.share_prefixes = share_prefixes
 

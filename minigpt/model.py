@@ -250,17 +250,22 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    def compile_layers(self, backend: str | None = "inductor"):
+    def compile_layers(self, backend: str | None = "inductor", cpp_wrapper: bool = False):
         """Have torch.compile turn every layer into one compiled function, a step's one call: the small
         kernels of each layer (norms, projections, RoPE, SwiGLU, residual adds; about 30 a layer eager)
         fuse, and no Python runs between them but attention's: the engine's eager object, behind one
         opaque op (`opaque_attention`, above). Compiled here, not mid-run: for 1 token (sizes 0 and 1 are
         always specialised) and for any number. `backend=None` puts the eager model back;
-        `backend="eager"` or `"aot_eager"` traces without generating kernels (the CPU tests)."""
+        `backend="eager"` or `"aot_eager"` traces without generating kernels (the CPU tests).
+
+        `cpp_wrapper` (inductor only) has the compiled function, which launches every kernel of the step, written
+        in C++ rather than Python: each launch then costs the CPU less (on the H200's host, chapter 4's decode
+        steps took 27% less time, NOTES.md), for a compile twice as long."""
         self.compiled_layers = None
         if not backend:
             return
-        compiled = torch.compile(self.run_layers, backend=backend, dynamic=True)
+        options = {"cpp_wrapper": True} if cpp_wrapper else None
+        compiled = torch.compile(self.run_layers, backend=backend, dynamic=True, options=options)
         for T in (1, 2):  # as the engines run it: the compiled code is guarded on the grad mode, and on
             # whether each input was made in inference mode: the cache outside it (the engines make theirs
             # so), the rest inside it, as the model's forward makes them
