@@ -276,7 +276,7 @@ def bench_profile(argv):
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
-W1_FILES = ["h200_w1_ch02.json", "h200_w1.json"]
+W1_FILES = ["h200_w1_ch02.json", "h200_w1.json", "h200_w1_ch04_cpp_wrapper.json", "h200_w1_ch05_cpp_wrapper.json"]
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
 # transformers' continuous batching beside chapter 5 on the same requests; its async mode in a run of its own
 PEER_FILES = ["h200_w1_64_transformers.json", "h200_w1_64_transformers_async.json"]
@@ -355,18 +355,18 @@ def results_markdown() -> str:
     latest = w1_results()
     w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
     ideas = {row: idea for _, row, idea in CHAPTER_ROWS}
-    lines = ["| chapter | idea | script | notebook | H200 output tokens/s on W1 | gain over the previous | requests run |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| chapter | idea | script | notebook | H200 output tokens/s on W1 | gain over the previous | requests run "
+             "| commit |", "| --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
     prev = None
     for label, name, _ in CHAPTER_ROWS:
         if label not in latest:
             continue
-        r = latest[label][0]
+        r, f, _ = latest[label]
         module = name.split(" ")[0]
         script = f"python -m chapters.{module}" + (" --no-use-async" if "sync)" in name else "")
         gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
         lines.append(f"| {name} | {ideas[name]} | `{script}` | [notebook](chapters/{module}.ipynb) "
-                     f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 |")
+                     f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 | {load(f)['environment'].get('commit', 'not recorded')} |")
         prev = r["tokens_per_s"]
     shown = {label for label, _, _ in CHAPTER_ROWS}
     variants = [(label, r) for label, (r, f, _) in latest.items() if f == W1_FILES[-1] and label not in shown]
@@ -410,7 +410,7 @@ def results_markdown() -> str:
               f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
               for r in cpu["results"]]
     env = load("h200_w1.json")["environment"]
-    lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items()) +
+    lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
               "Every number above comes from these commands, run on the H200 with `--out $OUT/...` and the file "
               "saved under `figures/` as named:", ""]
@@ -419,7 +419,7 @@ def results_markdown() -> str:
         if (f, command) not in seen:
             seen.append((f, command))
     seen += [(f, load(f)["command"]) for f in REPEAT_FILES + PEER_FILES + [W2_FILE]] + [("cpu_w1small.json", cpu["command"])]
-    lines += [f"- `{f}`: `{c}`" for f, c in seen]
+    lines += [f"- `{f}`: `{c.replace('/root/out/', '$OUT/')}`" for f, c in seen]  # $OUT: the device's output folder
     return "\n".join(lines)
 
 

@@ -425,7 +425,7 @@ class PagedEngine(ContinuousEngine):
     def summary(self) -> dict:
         return {**super().summary(), "preemptions": self.scheduler.preemptions, "num_blocks": self.cache.num_blocks,
                 "block_size": self.block_size, "prefix_hit_tokens": getattr(self.cache, "hit_tokens", 0),
-                "compiled": self.compile}
+                "compiled": self.compile, "cpp_wrapper": self.cpp_wrapper}
 
 
 def generate(model, requests: list[Request], **options) -> Completions:
