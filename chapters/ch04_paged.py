@@ -358,11 +358,19 @@ class PagedAttention(PackedAttention):
 # 28 layers compile into one function, a step's one call (vLLM does the same). The model writes k and v
 # into the engine's cache itself, before the op (which takes the layer's cache, so that it runs after the
 # write): the compiler folds the write into the kernel that finishes k and v, where it used to be two
-# more kernels a layer inside the op. This chapter gained 22% from compiling: 7,341 tokens/s on W1 against
-# 6,013 without, in one run (medians of three more: 7,664 and 7,071; both before the write moved). Its
-# steps still wait on the CPU: 13-27 ms each, as fast as the host's CPU runs, for about 6 ms of GPU work,
-# most of it launching the 11 kernels of each layer one by one (NOTES.md has the split). Chapter 5, whose
-# decode steps replay as CUDA graphs, is where the GPU time shows.
+# more kernels a layer inside the op. Compiling gained 22%: 7,341 tokens/s on W1 against 6,013 without,
+# in one run (before the write moved).
+#
+# That left the steps waiting on the CPU: 11-22 ms each for about 6 ms of GPU work, most of it the
+# compiled function's Python launching about ten kernels a layer, 20-40 us each on the H200's host. So
+# the engine also asks inductor to write that function in C++ (`cpp_wrapper=True`): the same kernels,
+# launched without the interpreter in between. In one process after another on one machine, a full-batch
+# decode step took 9.6-10.4 ms (median of each run) against 13.1-14.6 ms (`tools/ch04_decode_probe.py`),
+# and W1 ran at 12,673 tokens/s (median of two runs), where it ran at 6,724 (one run) to 7,664 (median of
+# three) before. The price is the compile: about three minutes the first time on the H200, a minute with
+# inductor's cache warm, against one and a half and half a minute. What still waits on the CPU is each
+# layer's attention object, in Python (70-100 us a layer), and the guards Dynamo checks at each call.
+# Chapter 5, whose decode steps replay as CUDA graphs, is where the GPU time shows.
 
 # %%
 class PagedEngine(ContinuousEngine):
@@ -478,13 +486,16 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    (on the CPU too: seconds for the tiny model). Find the calls of `torch.ops.minigpt.attention`, one a
 #    layer, the kernels between two of them, and inside those kernels the RoPE arithmetic and the cache
 #    write (`index_copy`). How many launches does a layer cost now, and which of them could still go?
+# 5. On a GPU, run with `--no-cpp-wrapper`, then without it. How much does the C++ wrapper save a decode
+#    step (TPOT), and how much does it add to the compile?
 
 # %%
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
            "block_size": (int, 16, "tokens per KV block"),
            "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)"),
            "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes"),
-           "compile": (bool, True, "compile the model around attention with torch.compile (GPU only)")}
+           "compile": (bool, True, "compile the model around attention with torch.compile (GPU only)"),
+           "cpp_wrapper": (bool, True, "the compiled model launches its kernels from C++, not Python (GPU only)")}
 
 
 def main(argv=None):

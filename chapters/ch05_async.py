@@ -458,9 +458,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
 # shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms
 # decode steps (89% busy); asynchronously the median gap was 1 us (99.5% busy) and the run took 10.5% less
-# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (about 5.4 ms), 6.10 s against 7.34 s,
-# the decode phase 99.9% busy against 81.4% (the synchronous time moves with the host's CPU: 8.55 s in an
-# earlier run with slower Python on a slower host). `figures/async_timeline_w1.png` shows twenty steps of
+# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (about 5.5 ms), 6.12 s against 8.06 s,
+# the decode phase 99.7% busy against 74.6% (the synchronous time moves with the host's CPU: 7.34 s in the
+# run before, with the same decode kernels). `figures/async_timeline_w1.png` shows twenty steps of
 # W1, sync above async; NOTES.md has what still limits both.
 #
 # ## Exercises

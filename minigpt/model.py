@@ -258,9 +258,11 @@ class Transformer(nn.Module):
         always specialised) and for any number. `backend=None` puts the eager model back;
         `backend="eager"` or `"aot_eager"` traces without generating kernels (the CPU tests).
 
-        `cpp_wrapper` (inductor only) has the compiled function, which launches every kernel of the step, written
-        in C++ rather than Python: each launch then costs the CPU less (on the H200's host, chapter 4's decode
-        steps took 27% less time, NOTES.md), for a compile twice as long."""
+        `cpp_wrapper` (inductor only) has the compiled function, which launches every kernel of the step,
+        written in C++ rather than Python: each launch then costs the CPU less (on the H200's host, chapter
+        4's decode steps took 27% less time, NOTES.md), for a compile twice as long."""
+        if cpp_wrapper and backend != "inductor":
+            raise ValueError(f"cpp_wrapper is an option of the inductor backend, not of {backend!r}")
         self.compiled_layers = None
         if not backend:
             return

@@ -203,3 +203,10 @@ def test_compiled_model_writes_the_cache_calls_the_engines_attention_and_lets_it
         assert model_module._step_attention == []
     finally:
         model.compile_layers(None)
+
+
+def test_cpp_wrapper_is_refused_for_a_backend_other_than_inductor():
+    model = minigpt.from_config("tiny")
+    with pytest.raises(ValueError, match="cpp_wrapper is an option of the inductor backend, not of 'aot_eager'"):
+        model.compile_layers("aot_eager", cpp_wrapper=True)
+    assert model.compiled_layers is None
