@@ -361,15 +361,16 @@ class PagedAttention(PackedAttention):
 # more kernels a layer inside the op. Compiling gained 22%: 7,341 tokens/s on W1 against 6,013 without,
 # in one run (before the write moved).
 #
-# That left the steps waiting on the CPU: 11-22 ms each for about 6 ms of GPU work, most of it the
-# compiled function's Python launching about ten kernels a layer, 20-40 us each on the H200's host. So
-# the engine also asks inductor to write that function in C++ (`cpp_wrapper=True`): the same kernels,
-# launched without the interpreter in between. In one process after another on one machine, a full-batch
-# decode step took 9.6-10.4 ms (median of each run) against 13.1-14.6 ms (`tools/ch04_decode_probe.py`),
-# and W1 ran at 12,673 tokens/s (median of two runs), where it ran at 6,724 (one run) to 7,664 (median of
-# three) before. The price is the compile: about three minutes the first time on the H200, a minute with
-# inductor's cache warm, against one and a half and half a minute. What still waits on the CPU is each
-# layer's attention object, in Python (70-100 us a layer), and the guards Dynamo checks at each call.
+# That left the steps waiting on the CPU: 11-22 ms each for about 6 ms of GPU work, most of it the compiled
+# function's Python launching about ten kernels a layer, 20-40 us each on the H200's host. So the engine
+# also asks inductor to write that function in C++ (`cpp_wrapper=True`): the same kernels, launched without
+# the interpreter in between (where the C++ does not build, for want of a compiler or of CUDA's headers, the
+# engine says so and keeps the Python). In one process after another on one machine, a full-batch decode
+# step took 9.6-10.4 ms (median of each run) against 13.1-14.6 ms (`tools/ch04_decode_probe.py`), and W1 ran
+# at 12,673 tokens/s (median of two runs), where it ran at 6,724 (one run) to 7,664 (median of three)
+# before. The price is the compile: about three minutes the first time on the H200, a minute with inductor's
+# cache warm, against one and a half and half a minute. What still waits on the CPU is each layer's
+# attention object, in Python (70-100 us a layer), and the guards Dynamo checks at each call.
 # Chapter 5, whose decode steps replay as CUDA graphs, is where the GPU time shows.
 
 # %%
@@ -390,9 +391,20 @@ class PagedEngine(ContinuousEngine):
         how = f"{self.compile}, C++ wrapper" if self.cpp_wrapper else self.compile
         with console.status(f"compiling the model ({how}): minutes the first time, a minute after",
                             spinner="dots") if self.compile and self.progress else contextlib.nullcontext():
-            model.compile_layers(self.compile, self.cpp_wrapper)
+            self.compile_model()
         self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
         self.share_prefixes = share_prefixes
+
+    def compile_model(self):  # NEW
+        try:
+            self.model.compile_layers(self.compile, self.cpp_wrapper)
+        except Exception as error:  # the C++ build needs a C++ compiler and CUDA's headers; Python's, neither
+            if not self.cpp_wrapper:
+                raise
+            console.print(f"[yellow]inductor's C++ wrapper did not build ({type(error).__name__}); compiling with its "
+                          "Python wrapper instead (--no-cpp-wrapper skips the attempt)[/yellow]")
+            self.cpp_wrapper = False
+            self.model.compile_layers(self.compile)
 
     def make_cache(self, requests: list[Request]) -> PagedCache:  # NEW
         cache = PrefixCache if self.share_prefixes else PagedCache

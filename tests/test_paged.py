@@ -221,3 +221,28 @@ def test_compiled_layers_give_the_same_tokens_and_never_recompile_mid_run(model)
     finally:
         model.compile_layers(None)
     assert model.compiled_layers is None
+
+
+def test_a_cpp_wrapper_that_does_not_build_falls_back_to_the_python_wrapper(model, monkeypatch):
+    """Without a C++ compiler or CUDA's headers inductor's C++ wrapper does not build: the engine says so and
+    compiles with the Python wrapper. An error the Python wrapper meets too is raised, not swallowed."""
+    calls = []
+
+    def compile_layers(backend, cpp_wrapper=False):
+        calls.append((backend, cpp_wrapper))
+        if cpp_wrapper:
+            raise RuntimeError("no C++ compiler")
+
+    engine = ch04_paged.PagedEngine(model)  # on the CPU: nothing compiled
+    monkeypatch.setattr(model, "compile_layers", compile_layers)
+    engine.compile, engine.cpp_wrapper = "inductor", True  # as on a GPU
+    engine.compile_model()
+    assert calls == [("inductor", True), ("inductor", False)] and not engine.cpp_wrapper
+
+    def broken(backend, cpp_wrapper=False):
+        raise ValueError("a bug in the model")
+
+    monkeypatch.setattr(model, "compile_layers", broken)
+    engine.cpp_wrapper = True
+    with pytest.raises(ValueError, match="a bug in the model"):
+        engine.compile_model()
