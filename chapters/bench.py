@@ -365,8 +365,9 @@ def results_markdown() -> str:
         module = name.split(" ")[0]
         script = f"python -m chapters.{module}" + (" --no-use-async" if "sync)" in name else "")
         gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
+        commit = load(f)["environment"].get("commit", "not recorded")
         lines.append(f"| {name} | {ideas[name]} | `{script}` | [notebook](chapters/{module}.ipynb) "
-                     f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 | {load(f)['environment'].get('commit', 'not recorded')} |")
+                     f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 | {commit} |")
         prev = r["tokens_per_s"]
     shown = {label for label, _, _ in CHAPTER_ROWS}
     variants = [(label, r) for label, (r, f, _) in latest.items() if f == W1_FILES[-1] and label not in shown]
