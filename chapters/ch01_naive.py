@@ -48,7 +48,7 @@ from minigpt.attention import causal_attention
 #
 # For one request we allocate keys and values for every position it can ever reach, in every layer:
 # `(max_len, kv_heads, head_dim)` each. The cache tells the model where this step's tokens go
-# (`new_rows`: row `p` for position `p`); each layer writes its new `k`, `v` there and asks the cache
+# (`cache_rows`: row `p` for position `p`); each layer writes its new `k`, `v` there and asks the cache
 # for attention of the new queries over positions `0 .. start+T-1`.
 
 # %%
@@ -58,7 +58,7 @@ class ContiguousKVCache:
     def __init__(self, config: ModelConfig, max_len: int, device, dtype):
         self.kv_cache = zeros_kv_cache(config, max_len, device, dtype)  # each layer's (keys, values)
         self.start = 0  # how many positions are already cached
-        self.new_rows = None  # this step's positions, set by forward()
+        self.cache_rows = None  # this step's positions, set by forward()
 
     def __call__(self, layer: int, q, k_cache, v_cache):
         end = self.start + q.shape[0]  # the model wrote the new keys and values at start .. end-1
@@ -79,7 +79,7 @@ def forward(model, cache: ContiguousKVCache, token_ids: list[int]) -> torch.Tens
     device = model.device
     ids = torch.tensor(token_ids, device=device)
     positions = torch.arange(cache.start, cache.start + len(token_ids), device=device)
-    cache.new_rows = positions  # position p's keys and values go to row p
+    cache.cache_rows = positions  # position p's keys and values go to row p
     logits = model(ids, positions, cache, logits_at=torch.tensor([len(token_ids) - 1], device=device))
     cache.start += len(token_ids)
     return logits

@@ -60,7 +60,7 @@ class PaddedKVCache:  # NEW: a (B, max_len) rectangle instead of one request's r
         self.max_len = max_len
         self.pads = torch.tensor(pads, device=device)  # (B,)
         self.start = 0  # columns already cached
-        self.new_rows = None  # this step's columns, as rows of the flattened rectangle: set by forward()
+        self.cache_rows = None  # this step's columns, as rows of the flattened rectangle: set by forward()
 
     def __call__(self, layer: int, q, k_cache, v_cache):
         B = self.pads.shape[0]
@@ -92,7 +92,7 @@ def forward(model, cache: PaddedKVCache, ids: torch.Tensor, positions: torch.Ten
     B, T = ids.shape
     last = torch.arange(B, device=ids.device) * T + T - 1
     columns = torch.arange(cache.start, cache.start + T, device=ids.device)
-    cache.new_rows = (torch.arange(B, device=ids.device)[:, None] * cache.max_len + columns).flatten()  # (B*T,)
+    cache.cache_rows = (torch.arange(B, device=ids.device)[:, None] * cache.max_len + columns).flatten()  # (B*T,)
     logits = model(ids.flatten(), positions.flatten(), cache, logits_at=last)
     cache.start += T
     return logits

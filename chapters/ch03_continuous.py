@@ -35,7 +35,7 @@
 #
 # The KV cache becomes a set of *slots*, one row per running request, each as long as the longest
 # request could grow. That is simple, and wasteful: the chapter measures the memory reserved but never
-# used, which is what chapter 4 fixes.
+# used.
 
 # %%
 from __future__ import annotations
@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
                      max_total_len, start_requests, token_progress, zeros_kv_cache)
 from minigpt.attention import causal_attention
+from minigpt.options import check_choice, check_int, make_engine
 
 # %% [markdown]
 # ## A sequence, and one step's worth of it
@@ -69,7 +70,6 @@ class Sequence:
     tokens: list[int]  # prompt + generated so far
     max_len: int  # prompt + max_new_tokens, capped by the model's context
     num_cached: int = 0  # tokens whose K, V are in the cache
-    slot: int = -1  # chapter 3's cache row (-1: none yet)
 
     @property
     def decoding(self) -> bool:
@@ -93,11 +93,12 @@ class Chunk:
 # Two queues: `waiting` (arrived, not started) and `running`. Every step, in this order:
 #
 # 1. every running sequence, oldest first, gets its next chunk: 1 token when decoding, else as much of
-#    its prompt as the budget has left;
-# 2. waiting sequences join while the budget lasts and the cache has room (`allocate`).
+#    its prompt as the budget has left (`grow`);
+# 2. waiting sequences join while the budget lasts and the cache has room (`start`).
 #
-# `allocate(seq, n)` asks the cache for room for `n` more tokens. Here a slot holds a request's whole
-# maximum length, so only a new sequence can be refused (no free slot).
+# The cache is asked for room (`allocate(seq, n)`) before a chunk is scheduled. Here a slot holds a
+# request's whole maximum length, so only a new sequence can be refused (no free slot): it waits, first
+# in line, until a running one finishes.
 
 # %%
 class Scheduler:
@@ -116,23 +117,27 @@ class Scheduler:
         budget, chunks = self.max_batch_tokens, []
         for seq in list(self.running):  # oldest first
             n = min(len(seq.tokens) - seq.num_cached, budget)
-            if n > 0 and seq in self.running and self.allocate(seq, n):  # (chapter 4 may preempt in the loop)
+            if n > 0 and self.grow(seq, n):
                 chunks.append(Chunk(seq, seq.num_cached, n))
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             seq = self.waiting[0]
-            self.cache.reuse_prefix(seq)  # chapter 4 may find the start of its prompt already computed
-            n = min(len(seq.tokens) - seq.num_cached, budget)
-            if not self.cache.allocate(seq, n):
+            n = self.start(seq, budget)
+            if n == 0:
                 break  # no room: it waits, first in line
             self.running[self.waiting.popleft()] = None
             chunks.append(Chunk(seq, seq.num_cached, n))
             budget -= n
         return sorted(chunks, key=lambda c: not c.seq.decoding)  # decode tokens first in the flat batch
 
-    def allocate(self, seq: Sequence, n: int) -> bool:
-        """Room for a running sequence's next n tokens. Chapter 4 preempts others when there is none."""
+    def grow(self, seq: Sequence, n: int) -> bool:
+        """Room for a running sequence's next n tokens."""
         return self.cache.allocate(seq, n)
+
+    def start(self, seq: Sequence, budget: int) -> int:
+        """Room for a waiting sequence's first chunk: the chunk's size, or 0 when the cache has none."""
+        n = min(len(seq.tokens) - seq.num_cached, budget)
+        return n if self.cache.allocate(seq, n) else 0
 
     def finish(self, seq: Sequence):
         del self.running[seq]
@@ -143,9 +148,9 @@ class Scheduler:
 # ## The cache: a slot per running request
 #
 # Each layer's keys and values: `(num_slots * slot_len, kv_heads, head_dim)`, viewed as `num_slots` slots
-# of `slot_len` rows. Token `p` of the sequence in slot `s` lives at row `s * slot_len + p`: its *cache
-# index*. The engine computes one index per token of the step (the *slot mapping*) and each layer writes
-# all its new keys and values with one indexed copy.
+# of `slot_len` rows. Token `p` of the sequence in slot `s` lives at *cache row* `s * slot_len + p`. The
+# engine computes the cache row of every token of the step and each layer writes all its new keys and
+# values with one indexed copy.
 
 # %%
 class SlotCache:
@@ -153,27 +158,25 @@ class SlotCache:
         self.kv_cache = zeros_kv_cache(config, num_slots * slot_len, device, dtype)  # each layer's (keys, values)
         self.num_slots, self.slot_len = num_slots, slot_len
         self.free_slots = list(range(num_slots - 1, -1, -1))
+        self.slots: dict[int, int] = {}  # request index -> its slot
 
     def allocate(self, seq: Sequence, n: int) -> bool:
-        if seq.slot < 0:
+        if seq.index not in self.slots:
             if not self.free_slots:
                 return False
-            seq.slot = self.free_slots.pop()
+            self.slots[seq.index] = self.free_slots.pop()
         return True
 
     def free(self, seq: Sequence):
-        self.free_slots.append(seq.slot)
-        seq.slot = -1
+        self.free_slots.append(self.slots.pop(seq.index))
 
-    def reuse_prefix(self, seq: Sequence):
-        """Slots share nothing: every prompt is computed in full."""
+    def cache_rows(self, seq: Sequence, positions: range) -> list[int]:
+        slot = self.slots[seq.index]
+        return [slot * self.slot_len + p for p in positions]
 
-    def cache_index(self, seq: Sequence, positions: range) -> list[int]:
-        return [seq.slot * self.slot_len + p for p in positions]
-
-    def decode_layout(self, seqs: list[Sequence]) -> list:
-        """Where each decoding sequence's keys live, for the decode attention: here, its slot."""
-        return [s.slot for s in seqs]
+    def decode_layout(self, seqs: list[Sequence]) -> list[int]:
+        """Where each decoding sequence's keys live, for the decode attention: its slot."""
+        return [self.slots[s.index] for s in seqs]
 
     def memory(self, running: dict[Sequence, None]) -> tuple[int, int]:
         """(tokens reserved, tokens holding K, V): the slots of running sequences against their contents."""
@@ -184,7 +187,7 @@ class SlotCache:
 # ## Attention over a packed batch
 #
 # The flat batch holds decode tokens first (one per sequence), then prompt chunks. Each layer writes
-# the new `k`, `v` at their cache indices (the attention object's `new_rows`), then the object attends:
+# the new `k`, `v` at their cache rows, then the attention object attends:
 #
 # * **the reference** (`attention="reference"`): a loop, one `causal_attention` per chunk over its
 #   slot. Plain, obviously right, and slow on a GPU: one small kernel per sequence per layer.
@@ -196,26 +199,25 @@ class SlotCache:
 #   packed contexts, the mask keeping each chunk to its own sequence. That computes a full
 #   (tokens x context) score matrix, most of it masked: for 8192 prompt tokens from 14 prompts, 14x
 #   the useful work. On a GPU in half precision, FlashAttention's *variable-length* kernel (PyTorch
-#   ships it) computes only each chunk's own block, told where they start by cumulative lengths. (On the
-#   H200, W1's 8192-token prefill steps went from 83-126 ms to 27-39 ms: NOTES.md.)
+#   ships it) computes only each chunk's own block, told where they start by cumulative lengths.
 
 # %%
 @dataclass
 class Batch:
-    """One step's inputs, as the model and the attention object need them."""
+    """One step's inputs, as the model and the attention object need them. T tokens, S sampled."""
 
     chunks: list[Chunk]
-    ids: torch.Tensor  # (T,) token ids, decode tokens first
+    input_ids: torch.Tensor  # (T,) token ids, decode tokens first
     positions: torch.Tensor  # (T,)
-    cache_index: torch.Tensor  # (T,) where each token's K, V go
+    cache_rows: torch.Tensor  # (T,) the cache row each token's K, V go to
     logits_at: torch.Tensor  # (S,) the flat index of each sampling chunk's last token
+    sampled: list[Sequence]  # who gets a token, in logits_at order
     num_decode: int  # the first num_decode tokens are decode tokens, one per sequence
-    decode_seq_lens: torch.Tensor  # (num_decode,) context length incl. the new token
-    decode_rows: torch.Tensor  # where each decode sequence's K, V live: chapter 3 its slot (num_decode,)
-    max_context: int  # the longest decode context
-    prefill_rows: torch.Tensor  # (S,) cache indices of each prompt chunk's positions 0 .. start+n-1, packed
-    prefill_mask: torch.Tensor | None  # (T - num_decode, S) which of those each prompt token sees
-    sampled: list[Sequence] = field(default_factory=list)  # who gets a token, in logits_at order
+    decode_lens: torch.Tensor  # (num_decode,) context length incl. the new token
+    decode_layout: torch.Tensor  # (num_decode, ...) where each decoding sequence's K, V live (the cache says)
+    max_decode_len: int  # the longest decode context
+    context_rows: torch.Tensor | None = None  # cache rows of each prompt chunk's positions 0 .. start+n-1, packed
+    prefill_mask: torch.Tensor | None = None  # (T - num_decode, len(context_rows)): which context each token sees
     prefill_varlen: tuple | None = None  # instead of the mask: (cu_q, cu_k, max_q, max_k), below
 
 
@@ -239,7 +241,7 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
     cu_q[i] .. cu_q[i+1]-1 of q, its context rows cu_k[i] .. cu_k[i+1]-1 of k, v (int32 offsets). Causal
     is aligned at the bottom right: a chunk's last query sees its whole context, its earlier ones one
     less each, as a chunk that starts mid-prompt needs. (The public `torch.nn.attention.varlen` wraps
-    this op, with arguments that changed between PyTorch releases.)"""
+    this op, with arguments that differ between PyTorch releases.)"""
     return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False)[0]
 
 
@@ -256,8 +258,8 @@ class PackedAttention:
         self.kv_cache = cache.kv_cache
 
     @property
-    def new_rows(self) -> torch.Tensor:
-        return self.batch.cache_index  # the model writes each token's K, V at its cache index
+    def cache_rows(self) -> torch.Tensor:
+        return self.batch.cache_rows  # the model writes each token's K, V at its cache row
 
     def __call__(self, layer: int, q, k_cache, v_cache):
         b = self.batch
@@ -267,7 +269,7 @@ class PackedAttention:
         out = torch.empty_like(q)
         if d:
             out[:d] = self.decode(q[:d], k_cache, v_cache)
-        k_ctx, v_ctx = k_cache[b.prefill_rows], v_cache[b.prefill_rows]  # every prompt chunk's context, packed
+        k_ctx, v_ctx = k_cache[b.context_rows], v_cache[b.context_rows]  # every prompt chunk's context, packed
         if self.reference:  # one chunk at a time
             t = s = 0
             for ch in b.chunks:
@@ -285,45 +287,43 @@ class PackedAttention:
         c, b = self.cache, self.batch
         B, H, D = q.shape
         Hkv = k_cache.shape[-2]
-        S = b.max_context  # no slot needs more columns than its longest member
+        S = b.max_decode_len  # no slot needs more columns than its longest member
         k = k_cache.view(c.num_slots, c.slot_len, Hkv, D)[:, :S].transpose(1, 2)  # (slots, Hkv, S, D): a view
         v = v_cache.view(c.num_slots, c.slot_len, Hkv, D)[:, :S].transpose(1, 2)
         qs = q.new_zeros(c.num_slots, Hkv, H // Hkv, D)
-        qs[b.decode_rows] = q.view(B, Hkv, H // Hkv, D)  # query heads grouped under their KV head
+        qs[b.decode_layout] = q.view(B, Hkv, H // Hkv, D)  # query heads grouped under their KV head
         lens = torch.zeros(c.num_slots, dtype=torch.long, device=q.device)
-        lens[b.decode_rows] = b.decode_seq_lens
+        lens[b.decode_layout] = b.decode_lens
         mask = torch.arange(S, device=q.device)[None, :] < lens.clamp(min=1)[:, None]  # (slots, S)
         out = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask[:, None, None, :])  # (slots, Hkv, G, D)
-        return out[b.decode_rows].reshape(B, H, D)
+        return out[b.decode_layout].reshape(B, H, D)
 
 
 # %% [markdown]
 # ## The engine: schedule, prepare, forward, sample, update
 #
-# One step is five small functions. Chapter 5 will overlap them; here each waits for the one before.
+# One step is five small functions, each waiting for the one before.
 
 # %%
 class ContinuousEngine:
-    name = "ch03 continuous"
+    name = "ch03_continuous"
 
     def __init__(self, model, max_batch_tokens: int = 2048, max_seqs: int = 256, attention: str = "batched",
-                 progress: bool = False):
-        if max_batch_tokens < 1 or max_seqs < 1:
-            raise ValueError(f"max_batch_tokens and max_seqs must be at least 1, got {max_batch_tokens}, {max_seqs}")
-        if attention not in ("batched", "reference"):
-            raise ValueError(f"attention must be 'batched' or 'reference', got {attention!r}")
-        self.model, self.config, self.device = model, model.config, model.device
-        self.max_batch_tokens, self.max_seqs, self.progress = max_batch_tokens, max_seqs, progress
-        self.reference = attention == "reference"
+                 progress=False):
+        self.max_batch_tokens = check_int(self.name, "max_batch_tokens", max_batch_tokens)
+        self.max_seqs = check_int(self.name, "max_seqs", max_seqs)
+        self.reference = check_choice(self.name, "attention", attention, ("batched", "reference")) == "reference"
+        self.model, self.config, self.device, self.progress = model, model.config, model.device, progress
         self.varlen = not self.reference and use_varlen(self.device, model.dtype)
 
-    def make_cache(self, requests: list[Request]):
-        slot_len = max(max_total_len(r, self.config) for r in requests)
-        num_slots = min(self.max_seqs, len(requests))
+    def make_cache(self, runnable: dict[int, Request]):
+        """The KV cache for these requests (index -> request, those that can run)."""
+        slot_len = max(max_total_len(r, self.config) for r in runnable.values())
+        num_slots = min(self.max_seqs, len(runnable))
         nbytes = num_slots * slot_len * self.config.kv_bytes_per_token // 2 * self.model.dtype.itemsize
         if self.device.type == "cuda" and nbytes > torch.cuda.mem_get_info(self.device)[0]:
-            raise ValueError(f"{num_slots} slots of {slot_len} tokens need {nbytes / 1e9:.1f} GB of KV cache, more than "
-                             f"the device has free; lower max_seqs, or use chapter 4's paged cache")
+            raise ValueError(f"{num_slots} slots of {slot_len} tokens need {nbytes / 1e9:.1f} GB of KV cache, more "
+                             f"than the device has free; lower max_seqs")
         return SlotCache(self.config, num_slots, slot_len, self.device, self.model.dtype)
 
     def make_attention(self):
@@ -339,8 +339,7 @@ class ContinuousEngine:
         completions, order = start_requests(requests, self.config)
         if not order:  # nothing to run
             return Completions(completions)
-        self.num_requests = len(requests)  # (chapter 5 keeps a row of host data per request, by index)
-        self.cache = self.make_cache([requests[i] for i in order])  # sized for the requests that can run
+        self.cache = self.make_cache({i: requests[i] for i in order})  # sized for the requests that can run
         self.attention = self.make_attention()
         self.scheduler = self.make_scheduler()
         self.sampler = Sampler(requests, self.device)
@@ -358,17 +357,16 @@ class ContinuousEngine:
                         time.sleep(max(0.0, requests[arrivals[0]].arrival_time - self.clock.now()))
                     continue
                 self.step()
-        self.finish_run()
         return Completions(completions, stats=self.summary())
-
-    def finish_run(self):
-        """Nothing is left in flight in a synchronous engine (chapter 5's is another story)."""
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
     def step(self):
         chunks = self.scheduler.schedule()
+        if not chunks:  # work waits, yet nothing can run: a scheduler that would loop here for ever
+            raise RuntimeError(f"{self.name}: no request could be scheduled ({len(self.scheduler.waiting)} waiting, "
+                               f"{len(self.scheduler.running)} running)")
         batch = self.prepare(chunks)
         logits = self.forward(batch)
         tokens = self.sampler(logits, [s.index for s in batch.sampled]).tolist()  # the CPU waits here
@@ -376,39 +374,41 @@ class ContinuousEngine:
 
     def prepare(self, chunks: list[Chunk]) -> Batch:
         """Python lists -> one flat batch of tensors on the device."""
-        ids, positions, index, logits_at, sampled = [], [], [], [], []
-        packed, rows = [], []  # the chunks that attend through the packed context, and its cache rows
+        ids, positions, rows, logits_at, sampled = [], [], [], [], []
+        packed, context_rows = [], []  # the chunks that attend through the packed context, and its cache rows
         for ch in chunks:
             span = range(ch.start, ch.start + ch.n)
             ids += ch.seq.tokens[ch.start:ch.start + ch.n]
             positions += span
-            index += self.cache.cache_index(ch.seq, span)
+            rows += self.cache.cache_rows(ch.seq, span)
             if self.reference or not ch.seq.decoding:
                 packed.append(ch)
-                rows += self.cache.cache_index(ch.seq, range(ch.start + ch.n))
+                context_rows += self.cache.cache_rows(ch.seq, range(ch.start + ch.n))
             if ch.samples:
                 logits_at.append(len(ids) - 1)
                 sampled.append(ch.seq)
         decode = [ch.seq for ch in chunks if ch.seq.decoding]
         t = lambda x, dtype=torch.long: torch.as_tensor(x, dtype=dtype, device=self.device)  # noqa: E731
-        mask = varlen = None
+        batch = Batch(chunks=chunks, input_ids=t(ids), positions=t(positions), cache_rows=t(rows),
+                      logits_at=t(logits_at), sampled=sampled, num_decode=len(decode),
+                      decode_lens=t([len(s.tokens) for s in decode]), decode_layout=t(self.cache.decode_layout(decode)),
+                      max_decode_len=max((len(s.tokens) for s in decode), default=0), context_rows=t(context_rows))
         if packed and self.varlen:  # where each prompt chunk's queries and context start in the packed rows
-            varlen = (t([0, *accumulate(ch.n for ch in packed)], torch.int32),
-                      t([0, *accumulate(ch.start + ch.n for ch in packed)], torch.int32),
-                      max(ch.n for ch in packed), max(ch.start + ch.n for ch in packed))
+            batch.prefill_varlen = (t([0, *accumulate(ch.n for ch in packed)], torch.int32),
+                                    t([0, *accumulate(ch.start + ch.n for ch in packed)], torch.int32),
+                                    max(ch.n for ch in packed), max(ch.start + ch.n for ch in packed))
         elif packed and not self.reference:  # who sees what: (chunk, position) of every query and context entry
             q_chunk = [j for j, ch in enumerate(packed) for _ in range(ch.n)]
             ctx_chunk = [j for j, ch in enumerate(packed) for _ in range(ch.start + ch.n)]
             ctx_pos = [p for ch in packed for p in range(ch.start + ch.n)]
-            mask = prefill_mask(t(q_chunk), t(positions[len(positions) - len(q_chunk):]), t(ctx_chunk), t(ctx_pos))
-        return Batch(chunks, t(ids), t(positions), t(index), t(logits_at), len(decode),
-                     t([len(s.tokens) for s in decode]), t(self.cache.decode_layout(decode)),
-                     max((len(s.tokens) for s in decode), default=0), t(rows), mask, sampled, varlen)
+            batch.prefill_mask = prefill_mask(t(q_chunk), t(positions[len(positions) - len(q_chunk):]), t(ctx_chunk),
+                                              t(ctx_pos))
+        return batch
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
         self.attention.batch = batch
-        return self.model(batch.ids, batch.positions, self.attention, logits_at=batch.logits_at)
+        return self.model(batch.input_ids, batch.positions, self.attention, logits_at=batch.logits_at)
 
     def update(self, batch: Batch, tokens: list[int]):
         """Advance every chunk; give each sampling sequence its token; retire the finished."""
@@ -416,7 +416,7 @@ class ContinuousEngine:
             ch.seq.num_cached += ch.n
         reserved, used = self.cache.memory(self.scheduler.running)
         now = self.clock.now()
-        self.trace.append({"t": now, "tokens": len(batch.ids), "decode": batch.num_decode,
+        self.trace.append({"t": now, "tokens": len(batch.input_ids), "decode": batch.num_decode,
                            "running": len(self.scheduler.running), "kv_reserved": reserved, "kv_used": used})
         for seq, token in zip(batch.sampled, tokens):
             c = seq.completion
@@ -438,7 +438,7 @@ class ContinuousEngine:
 
 def generate(model, requests: list[Request], **options) -> Completions:
     """Chapter 3's engine. Options: max_batch_tokens, max_seqs, attention ('batched'|'reference'), progress."""
-    return ContinuousEngine(model, **options).generate(requests)
+    return make_engine(ContinuousEngine, model, options).generate(requests)
 
 
 # %% [markdown]
@@ -476,12 +476,18 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    Do the tokens change? (They must not.)
 # 2. Give W1-small's requests arrival times 10 ms apart. How does TTFT compare with chapter 2's?
 # 3. Run with `--attention reference` on a GPU. How much slower is a kernel per sequence per layer?
+#
+# ## What is left on the table
+#
+# Every running request holds a slot as long as the longest request could grow, from its first step to
+# its last. The memory that limits how many requests run at once is mostly empty, and a step's cost is
+# shared by the requests running at once. Chapter 4 hands out memory in small blocks, as it is used.
 
 # %%
 OPTIONS = {"max_batch_tokens": (int, 2048, "token budget per step"),
            "max_seqs": (int, 256, "most sequences running at once (cache slots)"),
-           "attention": (str, "batched", "'batched' (one call for all decode tokens; Triton on a GPU from "
-                                         "chapter 4) or 'reference' (a loop over sequences)")}
+           "attention": (str, "batched", "'batched' (one call for all decode tokens) or 'reference' (a loop "
+                                         "over sequences)")}
 
 
 def main(argv=None):

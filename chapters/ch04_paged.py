@@ -21,7 +21,7 @@
 # (*preemption*); and how attention reads keys and values straight out of scattered blocks.
 #
 # Chapter 3 reserved, for every running request, room for the longest any request might grow. On W1
-# most of that memory never holds a key (on the H200, 45% of it did, averaged over the run). Memory is what limits how many requests run at once, and the
+# most of that memory never holds a key. Memory is what limits how many requests run at once, and the
 # number running at once is what a decode step's cost is shared by.
 #
 # The fix is the operating system's: **paging**. The cache is a pool of blocks of `block_size` tokens.
@@ -31,12 +31,11 @@
 # blocks are freed and it goes back to the front of the queue, to be recomputed (prefilled again, prompt
 # and generated tokens together) when room returns. Its output does not change.
 #
-# Only the cache and the scheduler's `allocate` change; the engine is chapter 3's.
+# Only the cache, the scheduler's `grow` and `start`, and decode attention change; the engine is chapter 3's.
 
 # %%
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from chapters import ch03_continuous
 from chapters.ch03_continuous import ContinuousEngine, PackedAttention, Scheduler, Sequence
 from minigpt import Completions, ModelConfig, Request, fail, max_total_len, zeros_kv_cache
-from minigpt.metrics import console
+from minigpt.options import check_bool, check_int, check_number, make_engine
 
 try:
     import triton
@@ -62,16 +61,17 @@ except ImportError:  # the CPU wheels of torch come without Triton: the referenc
 # %%
 class PagedCache:  # NEW: replaces chapter 3's SlotCache
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype,
-                 num_requests: int, max_blocks: int):
+                 num_rows: int, max_blocks: int):
         self.kv_cache = zeros_kv_cache(config, num_blocks * block_size, device, dtype)  # each layer's (keys, values)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free_blocks = list(range(num_blocks - 1, -1, -1))
         self.ref_count = [0] * num_blocks
         self.tables: dict[int, list[int]] = {}  # request index -> its block table
-        # The same tables in one host tensor, a row per request, written as blocks are appended: a step's
-        # decode layout is then a gather of rows, not thousands of Python ints converted anew every step.
-        self.host_tables = torch.zeros(num_requests, max_blocks, dtype=torch.long)
-        self.table_rows = self.host_tables.numpy()  # the same memory; a write through NumPy costs ~1 us, not ~5
+        # The same tables in one host tensor, a row per request index (num_rows of them), written as blocks
+        # are appended: a step's decode layout is then a gather of rows, not thousands of Python ints
+        # converted anew every step.
+        self.host_tables = torch.zeros(num_rows, max_blocks, dtype=torch.long)
+        self.table_rows = self.host_tables.numpy()  # the same memory; a write through NumPy costs less
 
     def blocks_for(self, num_tokens: int) -> int:
         return math.ceil(num_tokens / self.block_size)
@@ -93,8 +93,9 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
             self.table_rows[seq.index, len(table) - need:len(table)] = table[-need:]
         return True
 
-    def reuse_prefix(self, seq: Sequence):
-        """Plain paging shares nothing (PrefixCache, below, does)."""
+    def take_prefix(self, seq: Sequence) -> int:
+        """Blocks of an already computed prefix of the prompt: plain paging keeps none (PrefixCache does)."""
+        return 0
 
     def free(self, seq: Sequence):
         for block in self.tables.pop(seq.index, []):
@@ -103,7 +104,7 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
             if self.ref_count[block] == 0:
                 self.free_blocks.append(block)
 
-    def cache_index(self, seq: Sequence, positions: range) -> list[int]:
+    def cache_rows(self, seq: Sequence, positions: range) -> list[int]:
         table, bs = self.tables[seq.index], self.block_size
         return [table[p // bs] * bs + p % bs for p in positions]
 
@@ -126,9 +127,11 @@ class PagedCache:  # NEW: replaces chapter 3's SlotCache
 # full prompt block gets a *name*: a hash of its tokens and of the name of the block before it (a hash
 # chain, so equal names mean equal prefixes). A request about to be admitted (or re-admitted after a
 # preemption) looks its prompt's names up and takes the blocks it finds, one more reference each, and its
-# prefill starts after them. A block keeps its name
-# after it is freed, until it is handed out for other tokens, so a later request can still revive it.
-# A request never writes into a shared block: it computes from `num_cached` on, past the shared ones.
+# prefill starts after them. If it is not admitted after all (the pool has no room for the rest), it gives
+# them back: a waiting request holds no blocks, so what it holds can never be what the others wait for.
+# A block keeps its name after it is freed, until it is handed out for other tokens, so a later request
+# can still revive it. A request never writes into a shared block: it computes from `num_cached` on, past
+# the shared ones.
 
 # %%
 class PrefixCache(PagedCache):  # NEW (optional)
@@ -137,13 +140,10 @@ class PrefixCache(PagedCache):  # NEW (optional)
         self.block_named: dict[int, int] = {}  # name -> block
         self.name_of: dict[int, int] = {}  # block -> name
         self.names: dict[int, list[int]] = {}  # request -> the names of its full prompt blocks so far
-        self.hit_tokens = 0  # prefill tokens not computed because their blocks were found
 
-    def reuse_prefix(self, seq: Sequence):
-        """Take the blocks of `seq`'s longest already-computed prompt prefix; advance its num_cached.
-        Called as it is about to be admitted (again, after a preemption); once is enough."""
-        if seq.index in self.tables:
-            return
+    def take_prefix(self, seq: Sequence) -> int:
+        """Take the blocks of `seq`'s longest already computed prompt prefix, one reference each, and
+        advance its num_cached past them; return how many tokens that saves."""
         bs, prompt, names, table = self.block_size, seq.request.prompt_ids, [], []
         for k in range((len(prompt) - 1) // bs):  # at least one prompt token is left to compute (its logits)
             name = hash((names[-1] if names else None, tuple(prompt[k * bs:(k + 1) * bs])))
@@ -158,7 +158,7 @@ class PrefixCache(PagedCache):  # NEW (optional)
         self.tables[seq.index], self.names[seq.index] = table, names
         self.table_rows[seq.index, :len(table)] = table
         seq.num_cached = len(table) * bs
-        self.hit_tokens += seq.num_cached
+        return seq.num_cached
 
     def allocate(self, seq: Sequence, n: int) -> bool:
         before = len(self.tables.get(seq.index, []))
@@ -184,23 +184,42 @@ class PrefixCache(PagedCache):  # NEW (optional)
 # %% [markdown]
 # ## Preemption
 #
-# Chapter 3's scheduler asks `allocate(seq, n)` for each running sequence, oldest first. When the pool
-# is dry, we free the *newest* running sequence (it has had the least work done) and try again; if the
+# Chapter 3's scheduler asks `grow(seq, n)` for each running sequence, oldest first. When the pool is
+# dry, we free the *newest* running sequence (it has had the least work done) and try again; if the
 # newest is the asking sequence itself, it yields. A preempted sequence keeps its generated tokens and
 # restarts with `num_cached = 0`: its next chunks recompute them all, and the first chunk that reaches its
 # newest token samples the next one, exactly as if nothing had happened.
+#
+# A waiting sequence, about to `start`, first takes what the cache already holds of its prompt (shared
+# prefixes, above); refused, it gives it back and holds nothing while it waits. So when nothing runs,
+# every block is free, and the queue's head, which the engine checked fits the pool, always starts.
 
 # %%
 class PagedScheduler(Scheduler):
-    preemptions = 0
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.preemptions = 0
+        self.prefix_hit_tokens = 0  # prefill tokens not computed because their blocks were found
 
-    def allocate(self, seq: Sequence, n: int) -> bool:  # NEW: make room by preempting
+    def grow(self, seq: Sequence, n: int) -> bool:  # NEW: make room by preempting
+        if seq not in self.running:  # preempted earlier in this step, to make room for an older one
+            return False
         while not self.cache.allocate(seq, n):
             victim = next(reversed(self.running))  # the newest
             self.preempt(victim)
             if victim is seq:
                 return False
         return True
+
+    def start(self, seq: Sequence, budget: int) -> int:  # NEW: a cached prefix first, nothing held while waiting
+        found = self.cache.take_prefix(seq)
+        n = super().start(seq, budget)
+        if n:
+            self.prefix_hit_tokens += found
+        else:
+            self.cache.free(seq)
+            seq.num_cached = 0
+        return n
 
     def preempt(self, seq: Sequence):
         del self.running[seq]
@@ -215,8 +234,8 @@ class PagedScheduler(Scheduler):
 #
 # Writing is chapter 3's code: a block pool viewed flat is just another cache with a token -> row
 # mapping. Reading for decode is the new part. The reference gathers each sequence's blocks into a
-# dense tensor and calls SDPA: correct, and on a GPU it copies the whole KV cache every layer (DESIGN.md
-# measured 15% of the copy bandwidth that way).
+# dense tensor and calls SDPA: correct, and on a GPU it copies the whole KV cache every layer before
+# reading it once more (`bench attention` measures how far below the copy bandwidth that stays).
 #
 # On the GPU a Triton kernel reads blocks where they lie. One program per (sequence, KV head, split):
 # it loads the `G` query heads that share the KV head, then walks the sequence's block table
@@ -284,8 +303,8 @@ SPLITS = (1, 2, 4, 8, 16)  # each a compiled variant of the kernel
 
 
 def decode_splits(batch: int, kv_heads: int) -> int:
-    """Enough programs to fill an H200's 132 multiprocessors twice; depends on the batch alone, so that a
-    captured CUDA graph (chapter 5) stays valid as contexts grow."""
+    """Enough programs to fill an H200's 132 multiprocessors twice. It depends on the batch alone, not on
+    the contexts: a step's launch is then the same whatever the lengths, as a recorded launch must be."""
     want = math.ceil(264 / (batch * kv_heads))
     return next((s for s in SPLITS if s >= want), SPLITS[-1])
 
@@ -337,7 +356,7 @@ class PagedAttention(PackedAttention):
 
     def decode(self, q, k_cache, v_cache):  # NEW: read K, V from the blocks
         b = self.batch
-        return self.kernel(q, k_cache, v_cache, b.decode_rows, b.decode_seq_lens, self.cache.block_size)
+        return self.kernel(q, k_cache, v_cache, b.decode_layout, b.decode_lens, self.cache.block_size)
 
 
 # %% [markdown]
@@ -346,70 +365,23 @@ class PagedAttention(PackedAttention):
 # By default the pool takes 90% of the device memory left free after the weights (on the CPU: as much
 # as all the requests could ever need), capped at what the workload can use. A request whose maximum
 # length could never fit the pool fails alone, with a message saying what to change; the others run.
-#
-# Once attention reads the blocks in place, a decode step's GPU time is mostly *other* kernels: a profile
-# of W1's first 64 requests on the H200 (`python -m chapters.bench profile`, before this change) counts
-# about 1000 kernels a step, 36 a layer, and 68% of the GPU time outside attention; RoPE alone (negate,
-# concatenate, two products and a sum, for q and for k) took 16%. Each of those kernels reads and writes a
-# few hundred kilobytes and is over in microseconds, and each costs the CPU a launch. On a GPU the engine
-# therefore has `torch.compile` fuse them (`compile=True`, see `Transformer.compile_layers`). The compiler
-# cannot follow the attention object (Python bookkeeping, a hand-written kernel), so the model wraps it in
-# a *custom op*, `minigpt::attention`: one opaque node that calls the object eagerly, around which all
-# 28 layers compile into one function, a step's one call (vLLM does the same). The model writes k and v
-# into the engine's cache itself, before the op (which takes the layer's cache, so that it runs after the
-# write): the compiler folds the write into the kernel that finishes k and v, where it used to be two
-# more kernels a layer inside the op. Compiling gained 22%: 7,341 tokens/s on W1 against 6,013 without,
-# in one run (before the write moved).
-#
-# That left the steps waiting on the CPU: 11-22 ms each for about 6 ms of GPU work, most of it the compiled
-# function's Python launching about ten kernels a layer, 20-40 us each on the H200's host. So the engine
-# also asks inductor to write that function in C++ (`cpp_wrapper=True`): the same kernels, launched without
-# the interpreter in between (where the C++ does not build, for want of a compiler or of CUDA's headers, the
-# engine says so and keeps the Python). In one process after another on one machine, a full-batch decode
-# step took 9.6-10.4 ms (median of each run) against 13.1-14.6 ms (`tools/ch04_decode_probe.py`), and W1 ran
-# at 12,673 tokens/s (median of two runs), where it ran at 6,724 (one run) to 7,664 (median of three)
-# before. The price is the compile: about three minutes the first time on the H200, a minute with inductor's
-# cache warm, against one and a half and half a minute. What still waits on the CPU is each layer's
-# attention object, in Python (70-100 us a layer), and the guards Dynamo checks at each call.
-# Chapter 5, whose decode steps replay as CUDA graphs, is where the GPU time shows.
 
 # %%
 class PagedEngine(ContinuousEngine):
-    name = "ch04 paged"
+    name = "ch04_paged"
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None,
-                 memory_fraction: float = 0.9, share_prefixes: bool = False, compile: bool | str = True,
-                 cpp_wrapper: bool = True, **options):
+                 memory_fraction: float = 0.9, share_prefixes: bool = False, **options):
         super().__init__(model, **options)
-        if block_size < 1 or (num_blocks is not None and num_blocks < 1):
-            raise ValueError(f"block_size and num_blocks must be at least 1, got {block_size}, {num_blocks}")
-        # NEW: the compiled model. True: on a GPU only (on the CPU, compiling takes longer than the runs it
-        # would speed up); a torch.compile backend name: that backend anywhere (the tests trace with "aot_eager").
-        self.compile = compile if isinstance(compile, str) else "inductor" if compile and self.device.type == "cuda" else None
-        # NEW: inductor's launching code in C++, not Python (see `Transformer.compile_layers`)
-        self.cpp_wrapper = cpp_wrapper and self.compile == "inductor" and self.device.type == "cuda"
-        how = f"{self.compile}, C++ wrapper" if self.cpp_wrapper else self.compile
-        with console.status(f"compiling the model ({how}): minutes the first time, a minute after",
-                            spinner="dots") if self.compile and self.progress else contextlib.nullcontext():
-            self.compile_model()
-        self.block_size, self.num_blocks, self.memory_fraction = block_size, num_blocks, memory_fraction
-        self.share_prefixes = share_prefixes
+        self.block_size = check_int(self.name, "block_size", block_size, maximum=self.config.max_position_embeddings)
+        self.num_blocks = check_int(self.name, "num_blocks", num_blocks, optional=True)
+        self.memory_fraction = check_number(self.name, "memory_fraction", memory_fraction, 0.0, 1.0)
+        self.share_prefixes = check_bool(self.name, "share_prefixes", share_prefixes)
 
-    def compile_model(self):  # NEW
-        try:
-            self.model.compile_layers(self.compile, self.cpp_wrapper)
-        except Exception as error:  # the C++ build needs a C++ compiler and CUDA's headers; Python's, neither
-            if not self.cpp_wrapper:
-                raise
-            console.print(f"[yellow]inductor's C++ wrapper did not build ({type(error).__name__}); compiling with its "
-                          "Python wrapper instead (--no-cpp-wrapper skips the attempt)[/yellow]")
-            self.cpp_wrapper = False
-            self.model.compile_layers(self.compile)
-
-    def make_cache(self, requests: list[Request]) -> PagedCache:  # NEW
+    def make_cache(self, runnable: dict[int, Request]) -> PagedCache:  # NEW
         cache = PrefixCache if self.share_prefixes else PagedCache
-        return cache(self.config, self.pool_blocks(requests), self.block_size, self.device, self.model.dtype,
-                     self.num_requests, max(map(self.most_blocks, requests)))
+        return cache(self.config, self.pool_blocks(list(runnable.values())), self.block_size, self.device,
+                     self.model.dtype, max(runnable) + 1, max(map(self.most_blocks, runnable.values())))
 
     def most_blocks(self, request: Request) -> int:
         """The blocks a request holds at its longest: its prompt and every token it may generate."""
@@ -444,14 +416,12 @@ class PagedEngine(ContinuousEngine):
 
     def summary(self) -> dict:
         return {**super().summary(), "preemptions": self.scheduler.preemptions, "num_blocks": self.cache.num_blocks,
-                "block_size": self.block_size, "prefix_hit_tokens": getattr(self.cache, "hit_tokens", 0),
-                "compiled": self.compile, "cpp_wrapper": self.cpp_wrapper}
+                "block_size": self.block_size, "prefix_hit_tokens": self.scheduler.prefix_hit_tokens}
 
 
 def generate(model, requests: list[Request], **options) -> Completions:
-    """Chapter 4's engine. Options: block_size, num_blocks, memory_fraction, share_prefixes, compile, and
-    chapter 3's."""
-    return PagedEngine(model, **options).generate(requests)
+    """Chapter 4's engine. Options: block_size, num_blocks, memory_fraction, share_prefixes, and chapter 3's."""
+    return make_engine(PagedEngine, model, options).generate(requests)
 
 
 # %% [markdown]
@@ -481,11 +451,11 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `python -m chapters.ch04_paged --compare` runs chapters 1-4 on the same requests. Compare the KV
 # utilisation line with chapter 3's: near 100% now (only each request's last, partly filled block is
 # slack); on W1 on the H200 it was 99% against chapter 3's 45% (`figures/kv_memory_w1.png`). On a GPU
-# the decode attention is the Triton kernel; `python -m chapters.bench attention` measures its bandwidth:
+# the decode attention is the Triton kernel; `python -m tools.bench attention` measures its bandwidth:
 # at W1's decode shape (256 sequences of 1024 tokens) 4.08 TB/s, 96% of the H200's copy ceiling, where
 # gathering the blocks and calling SDPA reaches 26% (`figures/h200_attention.json`). And in the same KV
 # memory, more requests run at once: W1's first 64 requests in room for 8 of the longest ran 7.4 at a
-# time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m chapters.bench memory`).
+# time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m tools.bench memory`).
 #
 # ## Exercises
 #
@@ -494,20 +464,18 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # 3. Give W1-small's requests a shared 200-token system prompt and run with `share_prefixes=True`. How many
 #    prefill tokens are saved (`prefix_hit_tokens`), and what happens to TTFT? Why must at least one
 #    prompt token always be computed, even when the whole prompt is cached?
-# 4. See what the compiler made: `model.compile_layers("inductor")` with `TORCH_LOGS=output_code` set
-#    (on the CPU too: seconds for the tiny model). Find the calls of `torch.ops.minigpt.attention`, one a
-#    layer, the kernels between two of them, and inside those kernels the RoPE arithmetic and the cache
-#    write (`index_copy`). How many launches does a layer cost now, and which of them could still go?
-# 5. On a GPU, run with `--no-cpp-wrapper`, then without it. How much does the C++ wrapper save a decode
-#    step (TPOT), and how much does it add to the compile?
+#
+# ## What is left on the table
+#
+# Every step still runs in lockstep: the CPU schedules and prepares, then waits while the GPU computes,
+# then the GPU waits while the CPU reads the tokens back and updates. On a GPU those waits are idle time
+# on the most expensive part of the machine. Chapter 5 overlaps them.
 
 # %%
 OPTIONS = {**ch03_continuous.OPTIONS,  # NEW: the pool
            "block_size": (int, 16, "tokens per KV block"),
            "num_blocks": (int, None, "KV blocks in the pool (default: from free memory)"),
-           "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes"),
-           "compile": (bool, True, "compile the model around attention with torch.compile (GPU only)"),
-           "cpp_wrapper": (bool, True, "the compiled model launches its kernels from C++, not Python (GPU only)")}
+           "share_prefixes": (bool, False, "reuse the blocks of identical prompt prefixes")}
 
 
 def main(argv=None):

@@ -22,14 +22,13 @@
 #
 # Chapter 4's step is: schedule, prepare inputs, copy them over, run the model, sample, copy the tokens
 # back, update. Only the middle runs on the GPU; during everything else it waits for the CPU, and the CPU
-# waits for it at `.tolist()`. On the seed article's run that idle time was 24% of the wall clock; this
-# chapter's engine, run synchronously on the H200, left the GPU idle 19% of W1's decode phase and 11% of
-# W2's.
+# waits for it at `.tolist()`. In the run that inspired this chapter (an 8B model, 32 requests of 8K
+# tokens), that idle time was 24% of the wall clock.
 #
 # The tokens of step N are needed to *update* the requests, but not to *schedule* step N+1: which
 # requests run and how many tokens each brings is known before the tokens' values are. So the CPU can
-# prepare step N+1 while the GPU computes step N, if we guard the hazards that opens (DESIGN.md lists six;
-# each guard below says which it is):
+# prepare step N+1 while the GPU computes step N, if we guard the six hazards that opens (each guard below
+# says which it is):
 #
 # 1. inputs are written into one of **two slots** of pinned host and device buffers; an event says when
 #    a slot's last copy and last use are done, and only then is it written again;
@@ -63,6 +62,7 @@ from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters.ch04_paged import PagedEngine
 from minigpt import Completions, Request, finish_reason
 from minigpt.metrics import decode_phase, gpu_busy
+from minigpt.options import check_bool, check_int, check_number, make_engine
 
 PENDING = -1  # a token whose value the GPU has not told us yet
 
@@ -92,9 +92,9 @@ def wait(stream, event):
 # %% [markdown]
 # ## A slot: one step's inputs and outputs, on both sides
 #
-# Every integer a step needs (token ids, positions, cache indices, carry-over rows, logits rows, context
-# lengths, block tables) is packed into one int64 buffer, so that one copy moves it all. Two slots
-# alternate: step N uses slot N % 2. Three events guard a slot:
+# Every integer a step needs (the `FIELDS` below, then the block tables) is packed into one int64
+# buffer, so that one copy moves it all. Two slots alternate: step N uses slot N % 2. Three events guard
+# a slot:
 #
 # * `copied`: the host-to-device copy is done, so the pinned host buffer may be rewritten (hazard 5);
 # * `consumed`: the forward that read the device inputs is done, so the next copy may overwrite them (1);
@@ -112,17 +112,32 @@ class Slot:
         self.copied, self.consumed, self.fetched = (new_event(cuda) for _ in range(3))
 
 
+# A step's integers, in the order they are packed into a slot. Per token: its id, position, cache row and
+# carry_from (hazard 2: the row of the previous step's output holding its id, or -1). Per sampled token:
+# logits_at. Per chunk: its context length and token count. Then the index of each prompt chunk.
+FIELDS = ("input_ids", "positions", "cache_rows", "carry_from", "logits_at", "lens", "num_tokens", "prompt_chunks")
+
+
+def pad_rows(fields: dict[str, list[int]], size: int) -> dict[str, list[int]]:
+    """A decode step padded to `size` rows: each padding row one token at position 0, written to row 0 of
+    the scratch block (block 0, never handed out) and never read; logits for every row."""
+    pad = size - len(fields["lens"])
+    extend = {"input_ids": 0, "positions": 0, "cache_rows": 0, "carry_from": -1, "lens": 1, "num_tokens": 1}
+    padded = {name: fields[name] + [value] * pad for name, value in extend.items()}
+    return {**padded, "logits_at": list(range(size)), "prompt_chunks": []}
+
+
 @dataclass
 class AsyncBatch(Batch):  # NEW: chapter 3's batch, plus what an overlapped step needs
-    carry_src: torch.Tensor = None  # (T,) row of the previous step's output holding this token, or -1
     slot: Slot = None
+    carry_from: torch.Tensor = None  # (T,) the row of the previous step's output holding this token, or -1
     graph_size: int = 0  # > 0: a decode step padded to this many rows, replayed as a CUDA graph
     sampled_at: list[int] = field(default_factory=list)  # where each sampled token goes in its sequence
-    prefill: list[tuple[int, int]] = field(default_factory=list)  # (tokens, context) of each prompt chunk
-    tables: torch.Tensor = None  # (chunks, width) every chunk's block table; decode_rows is the first rows
+    prompt_sizes: list[tuple[int, int]] = field(default_factory=list)  # (tokens, context) of each prompt chunk
+    tables: torch.Tensor = None  # (chunks, width) every chunk's block table; decode_layout is the first rows
     lens: torch.Tensor = None  # (chunks,) every chunk's context length
-    n: torch.Tensor = None  # (chunks,) every chunk's number of tokens
-    prefill_which: torch.Tensor = None  # (P,) which chunks are prompt chunks
+    num_tokens: torch.Tensor = None  # (chunks,) every chunk's number of tokens
+    prompt_chunks: torch.Tensor = None  # (P,) which chunks are prompt chunks
     events: tuple = ()  # CUDA events (start, end) around its GPU work
     host_times: dict = field(default_factory=dict)  # when the CPU did what, for the timeline
 
@@ -136,25 +151,34 @@ class AsyncBatch(Batch):  # NEW: chapter 3's batch, plus what an overlapped step
 
 # %%
 class AsyncEngine(PagedEngine):
-    name = "ch05 async"
+    name = "ch05_async"
 
     def __init__(self, model, use_async: bool = True, cuda_graphs: bool = True, max_graph_batch: int = 256,
                  jitter: float = 0.0, **options):
         super().__init__(model, **options)
         if self.reference:
-            raise ValueError("chapter 5 runs the batched attention only; use chapter 4 for attention='reference'")
-        self.use_async, self.jitter = use_async, jitter  # jitter: random delays that shake races out (tests)
+            raise ValueError(f"{self.name}: runs the batched attention only; use chapter 4 for attention='reference'")
+        self.use_async = check_bool(self.name, "use_async", use_async)
+        self.use_graphs = check_bool(self.name, "cuda_graphs", cuda_graphs) and self.device.type == "cuda"
+        max_graph_batch = check_int(self.name, "max_graph_batch", max_graph_batch)
+        self.jitter = check_number(self.name, "jitter", jitter, 0.0, 1.0, low_allowed=True)  # random delays that shake races out
         self.cuda = self.device.type == "cuda"
-        self.use_graphs = cuda_graphs and self.cuda
         self.graph_sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= max_graph_batch]
         self.rng = random.Random(0)
+
+    def generate(self, requests: list[Request]) -> Completions:
+        try:
+            return super().generate(requests)
+        finally:  # also after an error: nothing is left in flight or frozen for the next run
+            self.in_flight = []
+            gc.unfreeze()
 
     # ----- one-time setup: scratch block, tables, streams, slots, graphs ---------------------------------
     def pool_blocks(self, requests) -> int:
         return super().pool_blocks(requests) + 1  # one more block: scratch space, below
 
-    def make_cache(self, requests):
-        cache = super().make_cache(requests)
+    def make_cache(self, runnable):
+        cache = super().make_cache(runnable)
         cache.free_blocks.remove(0)  # block 0 is scratch: padded graph rows write there
         cache.num_blocks -= 1  # the blocks requests can have
         self.width = cache.host_tables.shape[1]  # the longest block table any request can have
@@ -166,9 +190,11 @@ class AsyncEngine(PagedEngine):
         self.compute, self.copy_in, self.copy_out = ((torch.cuda.Stream(self.device) if self.cuda else None)
                                                      for _ in range(3))
         rows = max(self.max_batch_tokens, self.max_seqs, max(self.graph_sizes))
-        self.capacity = (rows + 1) * (8 + self.width)  # eight fields of at most `rows` each, then the tables
+        self.capacity = (rows + 1) * (len(FIELDS) + self.width)  # the fields, at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
         self.in_flight: list[AsyncBatch] = []  # launched, tokens not yet handed out
+        self.carry_row: dict[int, int] = {}  # request index -> the output row of its newest, PENDING token
+        self.retired: set[int] = set()  # request indices no longer scheduled
         self.done: list[tuple[dict, tuple]] = []  # resolved steps' (host times, CUDA events), for the timeline
         self.ref = None  # the GPU clock's zero, recorded at the first step
         self.steps = 0
@@ -178,10 +204,9 @@ class AsyncEngine(PagedEngine):
             self.attention = attention  # capture runs the model, which calls it
             self.capture_graphs()
         self.setup_s = time.perf_counter() - t
-        # Python's garbage collector, when it runs a full collection, walks every live object: after compiling
-        # and capturing, hundreds of thousands. On the H200 two pauses of 0.3 s each stalled W1's GPU (decode phase 91%
-        # busy, figures/h200_w1_before_gc_freeze.json); with everything alive now frozen out of the collector's
-        # sight (it lives until the run ends anyway), none did (99%).
+        # Python's garbage collector, when it runs a full collection, walks every live object: after capturing
+        # graphs (or compiling), hundreds of thousands, for tenths of a second while the GPU runs dry. Freezing
+        # them out of its sight (they live until the run ends anyway) leaves it only this run's new objects.
         gc.collect()
         gc.freeze()
         return attention
@@ -190,47 +215,46 @@ class AsyncEngine(PagedEngine):
     def prepare(self, chunks: list[Chunk]) -> AsyncBatch:
         slot = self.slots[self.steps % 2]  # step N uses slot N % 2
         self.steps += 1
-        which = [j for j, ch in enumerate(chunks) if not ch.seq.decoding]  # prompt chunks (they come last)
+        f = {name: [] for name in FIELDS}
+        f["prompt_chunks"] = [j for j, ch in enumerate(chunks) if not ch.seq.decoding]  # (they come last)
         # Greedy decode steps replay a graph (sampling with a seeded generator per request runs eagerly).
-        decode_only = not which and all(ch.seq.request.temperature == 0 for ch in chunks)
+        decode_only = not f["prompt_chunks"] and all(ch.seq.request.temperature == 0 for ch in chunks)
         size = next((b for b in self.graph_sizes if b >= len(chunks)), 0) if decode_only else 0
-        ids, positions, index, carry, logits_at, lens, ns, sampled, sampled_at = [], [], [], [], [], [], [], [], []
+        sampled, sampled_at = [], []
         for ch in chunks:
             seq = ch.seq
             tokens = seq.tokens[ch.start:ch.start + ch.n]  # hazard 2: a PENDING one the GPU fills in from the last step
-            ids += [0 if t == PENDING else t for t in tokens]
-            carry += [seq.carry_row if t == PENDING else -1 for t in tokens]
-            positions += range(ch.start, ch.start + ch.n)
-            index += self.cache.cache_index(seq, range(ch.start, ch.start + ch.n))
-            lens.append(ch.start + ch.n)
-            ns.append(ch.n)
+            f["input_ids"] += [0 if t == PENDING else t for t in tokens]
+            f["carry_from"] += [self.carry_row[seq.index] if t == PENDING else -1 for t in tokens]
+            f["positions"] += range(ch.start, ch.start + ch.n)
+            f["cache_rows"] += self.cache.cache_rows(seq, range(ch.start, ch.start + ch.n))
+            f["lens"].append(ch.start + ch.n)
+            f["num_tokens"].append(ch.n)
             if ch.samples:
-                logits_at.append(len(ids) - 1)
+                f["logits_at"].append(len(f["input_ids"]) - 1)
                 sampled.append(seq)
                 sampled_at.append(len(seq.tokens))
-        rows = [ch.seq.index for ch in chunks]
         if size:  # pad to the graph's size with rows that write to the scratch block and are never read
-            pad = size - len(chunks)
-            ids, positions, index, carry = ids + [0] * pad, positions + [0] * pad, index + [0] * pad, carry + [-1] * pad
-            logits_at, lens, ns = list(range(size)), lens + [1] * pad, ns + [1] * pad
-        fields = [ids, positions, index, carry, logits_at, lens, ns, which]
+            f = pad_rows(f, size)
         slot.copied.synchronize()  # hazard 5: the previous copy out of this pinned buffer is done
-        offsets = self.pack(slot, fields, rows, size or len(chunks))
+        offsets = self.pack(slot, f, [ch.seq.index for ch in chunks], size or len(chunks))
         # Hazard 1: the step that last read this slot's device buffer must be done before we overwrite it.
         wait(self.copy_in, slot.consumed)
         with on(self.copy_in):
             n = sum(offsets["tables"])  # the tables come last
             slot.device[:n].copy_(slot.host[:n], non_blocking=True)
             slot.copied.record()
-        return self.batch_views(slot, chunks, offsets, sampled, sampled_at, size, which)
+        prompt = [chunks[j] for j in f["prompt_chunks"]]
+        return self.batch_views(slot, offsets, chunks=chunks, sampled=sampled, sampled_at=sampled_at,
+                                graph_size=size, prompt_sizes=[(ch.n, ch.start + ch.n) for ch in prompt])
 
-    def pack(self, slot: Slot, fields, rows: list[int], num_rows: int) -> dict:
-        """Write the fields, then the block tables of `rows` (requests), into the slot's pinned buffer;
-        return each field's (offset, length)."""
+    def pack(self, slot: Slot, fields: dict[str, list[int]], rows: list[int], num_rows: int) -> dict:
+        """Write the fields, then the block tables of requests `rows` (padded to num_rows), into the slot's
+        pinned buffer; return each one's (offset, length)."""
         offsets, flat = {}, []
-        for name, values in zip(("ids", "positions", "index", "carry", "logits_at", "lens", "n", "which"), fields):
-            offsets[name] = (len(flat), len(values))
-            flat += values + [0] * (len(values) % 2)  # 16-byte aligned fields: Triton compiles one variant, not two
+        for name in FIELDS:
+            offsets[name] = (len(flat), len(fields[name]))
+            flat += fields[name] + [0] * (len(fields[name]) % 2)  # 16-byte aligned: Triton compiles one variant
         at = len(flat)
         slot.host[:at] = torch.tensor(flat, dtype=torch.long)
         tables = slot.host[at:at + num_rows * self.width].view(num_rows, self.width)
@@ -240,17 +264,18 @@ class AsyncEngine(PagedEngine):
         assert at + num_rows * self.width <= self.capacity
         return offsets
 
-    def batch_views(self, slot, chunks, offsets, sampled, sampled_at, size, which) -> AsyncBatch:
+    def batch_views(self, slot: Slot, offsets: dict, chunks: list[Chunk], graph_size: int,
+                    prompt_sizes: list[tuple[int, int]], **rest) -> AsyncBatch:
         """The step's Batch as views into the slot's device buffer: fixed addresses a graph can read."""
         view = {k: slot.device[o:o + n] for k, (o, n) in offsets.items()}
-        tables = view["tables"].view(-1, self.width)
-        num_decode = size or len(chunks) - len(which)
-        prompt = [chunks[j] for j in which]
-        return AsyncBatch(chunks, view["ids"], view["positions"], view["index"], view["logits_at"], num_decode,
-                          view["lens"][:num_decode], tables[:num_decode], 0, None, None, sampled,
-                          carry_src=view["carry"], slot=slot, graph_size=size, sampled_at=sampled_at,
-                          prefill=[(ch.n, ch.start + ch.n) for ch in prompt], tables=tables, lens=view["lens"],
-                          n=view["n"], prefill_which=view["which"])
+        tables = view.pop("tables").view(-1, self.width)
+        num_decode = graph_size or len(chunks) - len(prompt_sizes)
+        return AsyncBatch(chunks=chunks, input_ids=view["input_ids"], positions=view["positions"],
+                          cache_rows=view["cache_rows"], logits_at=view["logits_at"], num_decode=num_decode,
+                          decode_lens=view["lens"][:num_decode], decode_layout=tables[:num_decode], max_decode_len=0,
+                          slot=slot, carry_from=view["carry_from"], graph_size=graph_size, prompt_sizes=prompt_sizes,
+                          tables=tables, lens=view["lens"], num_tokens=view["num_tokens"],
+                          prompt_chunks=view["prompt_chunks"], **rest)
 
     # ----- launch: the GPU's part of a step, queued without waiting --------------------------------------
     @torch.inference_mode()
@@ -267,7 +292,7 @@ class AsyncEngine(PagedEngine):
             if batch.graph_size and self.use_graphs:
                 self.graphs[(batch.graph_size, self.slots.index(slot))].replay()  # hazard 6: inputs in place
             else:  # eager; on the CPU, padded decode steps too, so the tests run the graphs' padded layout
-                batch.prefill_rows, batch.prefill_mask, batch.prefill_varlen = self.prefill_layout(batch)
+                self.prefill_layout(batch)
                 self.forward_and_sample(batch, slot, previous, greedy=batch.graph_size > 0)
             end.record()
             slot.consumed.record()
@@ -281,25 +306,27 @@ class AsyncEngine(PagedEngine):
     def prefill_layout(self, batch: AsyncBatch):
         """Chapter 3's packed prompt context (cache rows; mask or varlen offsets), built on the GPU from the
         tables and lengths already copied over: no list crosses to the device outside the slot's one copy."""
-        if not batch.prefill:
-            return None, None, None
-        num_chunks, tokens, context = len(batch.prefill), sum(n for n, _ in batch.prefill), sum(c for _, c in batch.prefill)
-        which, bs = batch.prefill_which, self.block_size
+        if not batch.prompt_sizes:
+            return
+        num_chunks = len(batch.prompt_sizes)
+        tokens, context = sum(n for n, _ in batch.prompt_sizes), sum(c for _, c in batch.prompt_sizes)
+        which, bs = batch.prompt_chunks, self.block_size
         chunk = torch.arange(num_chunks, device=self.device)
         ctx_len = batch.lens[which]
         ctx_chunk = torch.repeat_interleave(chunk, ctx_len, output_size=context)  # (S,) sizes known: no sync
         ctx_pos = torch.arange(context, device=self.device) - (ctx_len.cumsum(0) - ctx_len)[ctx_chunk]
-        rows = batch.tables[which][ctx_chunk, ctx_pos // bs] * bs + ctx_pos % bs
+        batch.context_rows = batch.tables[which][ctx_chunk, ctx_pos // bs] * bs + ctx_pos % bs
         if self.varlen:
             cu = lambda lens: F.pad(lens.cumsum(0), (1, 0)).int()  # noqa: E731
-            return rows, None, (cu(batch.n[which]), cu(ctx_len), max(n for n, _ in batch.prefill),
-                                max(c for _, c in batch.prefill))
-        q_chunk = torch.repeat_interleave(chunk, batch.n[which], output_size=tokens)
-        return rows, prefill_mask(q_chunk, batch.positions[batch.num_decode:], ctx_chunk, ctx_pos), None
+            batch.prefill_varlen = (cu(batch.num_tokens[which]), cu(ctx_len), max(n for n, _ in batch.prompt_sizes),
+                                    max(c for _, c in batch.prompt_sizes))
+        else:
+            q_chunk = torch.repeat_interleave(chunk, batch.num_tokens[which], output_size=tokens)
+            batch.prefill_mask = prefill_mask(q_chunk, batch.positions[batch.num_decode:], ctx_chunk, ctx_pos)
 
     def forward_and_sample(self, batch: AsyncBatch, slot: Slot, previous: Slot, greedy: bool):
         # Hazard 2: placeholders take the token the previous step sampled into its output row.
-        ids = torch.where(batch.carry_src >= 0, previous.out_device[batch.carry_src.clamp(min=0)], batch.ids)
+        ids = torch.where(batch.carry_from >= 0, previous.out_device[batch.carry_from.clamp(min=0)], batch.input_ids)
         self.attention.batch = batch
         logits = self.model(ids, batch.positions, self.attention, logits_at=batch.logits_at)
         if greedy:
@@ -314,10 +341,9 @@ class AsyncEngine(PagedEngine):
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.graph_sizes):
             for i, slot in enumerate(self.slots):
-                fields = [[0] * size, [0] * size, [0] * size, [-1] * size, list(range(size)), [1] * size, [1] * size, []]
-                offsets = self.pack(slot, fields, [], size)  # every row: the scratch block
+                offsets = self.pack(slot, pad_rows({name: [] for name in FIELDS}, size), [], size)  # all padding
                 slot.device[: sum(offsets["tables"])].copy_(slot.host[: sum(offsets["tables"])])
-                batch = self.batch_views(slot, [], offsets, [], [], size, [])
+                batch = self.batch_views(slot, offsets, chunks=[], graph_size=size, prompt_sizes=[])
                 with torch.inference_mode():
                     with on(self.compute):  # one eager run first: Triton compiles, the allocator warms
                         self.forward_and_sample(batch, slot, self.slots[1 - i], greedy=True)
@@ -337,12 +363,12 @@ class AsyncEngine(PagedEngine):
             ch.seq.num_cached += ch.n
         for row, seq in enumerate(batch.sampled):
             seq.tokens.append(PENDING)  # hazard 2: its value is in this step's output row `row`
-            seq.carry_row = row
+            self.carry_row[seq.index] = row
             if len(seq.tokens) >= seq.max_len:  # the length limit needs no value: stop scheduling it now
                 self.retire(seq)
         reserved, used = self.cache.memory(self.scheduler.running)
         self.trace.append({"t": self.clock.now(), "tokens": sum(ch.n for ch in batch.chunks),  # not padding
-                           "decode": len(batch.chunks) - len(batch.prefill),
+                           "decode": len(batch.chunks) - len(batch.prompt_sizes),
                            "running": len(self.scheduler.running), "kv_reserved": reserved, "kv_used": used,
                            "graph": batch.graph_size})
 
@@ -365,15 +391,15 @@ class AsyncEngine(PagedEngine):
         batch.host_times["resolved"] = self.clock.now()
         # Keep what the timeline needs, not the batch: its ~200 objects a step (a chunk per request...) would
         # pile up for Python's garbage collector to walk, 200,000 by the end of W1.
-        self.done.append(({**batch.host_times, "graph": batch.graph_size, "decode": not batch.prefill,
+        self.done.append(({**batch.host_times, "graph": batch.graph_size, "decode": not batch.prompt_sizes,
                            "tokens": sum(ch.n for ch in batch.chunks)}, batch.events))
 
     def retire(self, seq: Sequence):
         """Stop scheduling `seq` and free its blocks, exactly once (hazard 3). Reuse of the blocks is safe
         while a step still in flight writes them: every kernel on the pool runs on one stream (hazard 4)."""
-        if getattr(seq, "retired", False):
+        if seq.index in self.retired:
             return
-        seq.retired = True
+        self.retired.add(seq.index)
         if seq in self.scheduler.running:
             self.scheduler.finish(seq)
         elif seq in self.scheduler.waiting:  # preempted, its blocks already freed
@@ -392,6 +418,8 @@ class AsyncEngine(PagedEngine):
         if self.jitter:  # tests: a random CPU-side delay
             time.sleep(self.rng.random() * self.jitter)
         chunks = self.scheduler.schedule()
+        if not chunks and not self.in_flight:  # work waits, yet nothing can run: it would loop here for ever
+            raise RuntimeError(f"{self.name}: no request could be scheduled ({len(self.scheduler.waiting)} waiting)")
         if chunks:
             batch = self.prepare(chunks)
             t1 = self.clock.now()
@@ -403,11 +431,6 @@ class AsyncEngine(PagedEngine):
         # GPU works on this one.
         while len(self.in_flight) > (1 if self.use_async and chunks else 0):
             self.resolve(self.in_flight.pop(0))
-
-    def finish_run(self):
-        while self.in_flight:
-            self.resolve(self.in_flight.pop(0))
-        gc.unfreeze()
 
     def summary(self) -> dict:
         stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs,
@@ -424,7 +447,7 @@ class AsyncEngine(PagedEngine):
 def generate(model, requests: list[Request], **options) -> Completions:
     """Chapter 5's engine. Options: use_async (bool), cuda_graphs (bool), max_graph_batch, jitter, and
     chapter 4's (block_size, num_blocks, max_batch_tokens, max_seqs, ...)."""
-    return AsyncEngine(model, **options).generate(requests)
+    return make_engine(AsyncEngine, model, options).generate(requests)
 
 
 # %% [markdown]
@@ -453,7 +476,7 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## The measurement
 #
-# `python -m chapters.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async`
+# `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async`
 # runs the same engine synchronously and asynchronously on the same requests, with the fraction of the
 # wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
 # shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms

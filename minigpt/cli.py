@@ -12,37 +12,86 @@ from rich.markup import escape
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
 from .metrics import RunResult, console, results_table, save_results
-from .workloads import get_workload
+from .config import PRESETS
+from .workloads import WORKLOADS, get_workload
 
-CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async"]
+CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled"]
 
 
 def chapter_module(name: str):
     return importlib.import_module(f"chapters.{name}")
 
 
+def chapter_summary(chapter: str) -> str:
+    """The chapter's title and its "What you will learn" paragraph, from its opening markdown cell."""
+    from pathlib import Path
+
+    lines = Path(chapter_module(chapter).__file__).read_text().splitlines()
+    title = next((line[4:] for line in lines if line.startswith("# # ")), chapter)
+    start = next((i for i, line in enumerate(lines) if "**What you will learn:**" in line), None)
+    learn = []
+    for line in lines[start:] if start is not None else []:
+        if line.strip() == "#":
+            break
+        learn.append(line[2:].replace("**What you will learn:**", "You will learn"))
+    return title + ("\n\n" + "\n".join(learn) if learn else "") + "\n\nRuns it on a workload and prints a table."
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def set_threads(device: str, threads: int | None) -> int:
+    """The number of CPU threads PyTorch computes with: fixed, so that CPU timings repeat. On a busy
+    machine PyTorch's default (one per core) lets threads wait on each other and timings swing 10x."""
+    if threads is None:
+        threads = 1 if torch.device(device).type == "cpu" else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def add_common_arguments(p: argparse.ArgumentParser):
+    """What every command that runs a model takes: where, how many threads, which workload."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads PyTorch uses (default on the CPU: 1, for timings that repeat)")
+    p.add_argument("--workload", default="W1-small", choices=sorted(WORKLOADS), help="the requests to run")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="model shape (default: the workload's; tiny for the small ones)")
+    p.add_argument("--requests", type=positive_int, default=None, help="run only the first N requests of the workload")
+
+
 def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m chapters.{chapter}", description=f"Run {chapter} on a workload.")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = argparse.ArgumentParser(prog=f"python -m chapters.{chapter}", description=chapter_summary(chapter),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="default: float32 on the CPU, bfloat16 on a GPU")
-    p.add_argument("--preset", default=None, help="model shape (default: the workload's; tiny for small ones)")
-    p.add_argument("--workload", default="W1-small", help="W1, W2, W2-short, W1-small, W2-small")
-    p.add_argument("--requests", type=int, default=None, help="run only the first N requests of the workload")
     p.add_argument("--compare", action="store_true", help="also run the earlier chapters on the same requests")
-    p.add_argument("--compare-requests", type=int, default=None,
+    p.add_argument("--compare-requests", type=positive_int, default=None,
                    help="with --compare: give ch01 and ch02 only the first N requests (they are slow)")
     p.add_argument("--model", default=None, help="a local Hugging Face checkpoint folder instead of random weights")
     p.add_argument("--prompt", action="append", help="with --model: generate from this text (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="with --prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="with --prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="with --prompt: 0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="with --prompt: nucleus sampling's cut")
+    p.add_argument("--top-k", type=int, default=0, help="with --prompt: keep the k likeliest tokens (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="with --prompt: the sampler's seed")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name, (typ, default, help_) in options.items():
         flag = "--" + name.replace("_", "-")
         if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f"{help_} (default: {default})")
         else:
-            p.add_argument(flag, type=typ, default=default, help=help_)
+            p.add_argument(flag, type=typ, default=default, help=f"{help_} (default: {default})")
     return p
 
 
@@ -62,8 +111,13 @@ def build_model(args):
 def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[RunResult]:
     """Parse the command line, run `chapter` (and with --compare the ones before it), print a table."""
     options = options or {}
-    args = parser_for(chapter, options).parse_args(argv)
-    model, tokenizer = build_model(args)
+    parser = parser_for(chapter, options)
+    args = parser.parse_args(argv)
+    threads = set_threads(args.device, args.threads)
+    try:
+        model, tokenizer = build_model(args)
+    except (OSError, ValueError) as error:  # a checkpoint that is missing or cannot run: one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     engine_options = {name: getattr(args, name) for name in options}
     if args.prompt:
         return run_text(chapter, model, tokenizer, args, engine_options)
@@ -76,10 +130,16 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
         if name != chapter and args.compare_requests and name in ("ch01_naive", "ch02_padded"):
             subset = requests[: args.compare_requests]
         opts = engine_options if name == chapter else {}
-        results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress))
+        try:
+            results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress))
+        except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
+            if name != chapter:
+                raise
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
     params = sum(p.numel() for p in model.parameters()) / 1e6
+    where = f"{args.device}, {threads} thread{'s' * (threads > 1)}" if args.device == "cpu" else args.device
     console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name} ({params:,.1f}M "
-                                         f"parameters), {args.device}, {model.dtype}"))
+                                         f"parameters), {where}, {str(model.dtype).removeprefix('torch.')}"))
     for r in results:
         if line := describe(r):
             console.print(f"{r.chapter}: {line}", highlight=False)
@@ -95,7 +155,6 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     engine's time moves with the host's CPU, which on the H200 machines changes speed for seconds at a
     time (NOTES.md)."""
     generate = chapter_module(name).generate
-    model.compile_layers(None)  # every chapter starts from the eager model (chapter 4 on compiles its own)
     # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
     # paid here, not in the run. (The first H200 runs warmed up with 8-token prompts only; NOTES.md.)
     for n, prompt_len in ((4, 8), (48, None)):
@@ -123,8 +182,9 @@ def run_text(chapter, model, tokenizer, args, options):
     """Generate from text prompts; with one prompt, print the text as it is produced."""
     if tokenizer is None:
         raise SystemExit("--prompt needs --model DIR with a tokenizer in the folder")
-    requests = [Request(tokenizer(p)["input_ids"] or [tokenizer.bos_token_id or 0], max_new_tokens=args.max_new_tokens)
-                for p in args.prompt]
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    requests = [Request(tokenizer(p)["input_ids"] or [tokenizer.bos_token_id or 0], max_new_tokens=args.max_new_tokens,
+                        **sampling) for p in args.prompt]
     stream = len(requests) == 1
     if stream:
         console.print(args.prompt[0], end="", style="bold", highlight=False, markup=False)

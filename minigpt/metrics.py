@@ -156,3 +156,15 @@ def token_progress(total: int, description: str, progress=True):
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda i, token: bar.advance(task, 1)
+
+
+@contextmanager
+def stage(name: str, show: bool = True):
+    """A one-time stage a run waits on (compiling, capturing graphs): a line with its name, then its seconds."""
+    if not show:
+        yield
+        return
+    start = time.perf_counter()
+    with console.status(f"{name}...", spinner="dots"):
+        yield
+    console.print(f"{name}: {time.perf_counter() - start:.1f} s", highlight=False)

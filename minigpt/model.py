@@ -3,12 +3,11 @@
 Its forward takes a flat list of token ids, their positions, and an *attention object* from the
 engine. The object holds the KV cache, in whatever layout it wants, and names the row of that cache each
 token of the step goes to. Each layer computes q, k, v, rotates q and k, writes k, v at those rows and
-hands q to the object, which returns attention over its cache. So chapter 1's contiguous cache, chapter
-3's packed batches and chapter 4's paged blocks all run this same file.
+hands q to the object, which returns attention over its cache. So a contiguous cache, packed batches and
+paged blocks all run this same file.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Protocol
 
@@ -23,9 +22,9 @@ class Attention(Protocol):
     """What the engine hands the model: its KV cache, where this step's keys and values go, attention."""
 
     # Each layer's keys and values as rows, (rows, n_kv_heads, head_dim), in the order the engine likes (it
-    # views them as its layout). Token i of the step goes to row new_rows[i] (T,).
+    # views them as its layout). Token i of the step goes to row cache_rows[i] (T,).
     kv_cache: list[tuple[torch.Tensor, torch.Tensor]]
-    new_rows: torch.Tensor
+    cache_rows: torch.Tensor
 
     def __call__(self, layer: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """q: (T, n_heads, head_dim); the layer's cache, this step's k, v in it -> (T, n_heads, head_dim)."""
@@ -33,61 +32,11 @@ class Attention(Protocol):
 
 
 def zeros_kv_cache(config: ModelConfig, rows: int, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values, zeros of shape (rows, n_kv_heads, head_dim). Each is its own tensor, and
-    the model writes into it as it is: told to write into a view, the compiled code copied the whole cache
-    out and back to write a few rows (on the H200); given views of one tensor, it checks every call that
-    they do not overlap (NOTES.md)."""
+    """Each layer's keys and values, zeros of shape (rows, n_kv_heads, head_dim), each its own tensor. The
+    model writes into them in place; a compiler (chapter 6) handles separate tensors better than views of one."""
     shape = (rows, config.num_key_value_heads, config.head_dim)
     return [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(config.num_hidden_layers)]
-
-
-# torch.compile cannot trace an engine's attention object: Python bookkeeping, a hand-written Triton
-# kernel, a kernel that takes host integers. Wrapped in a custom op it is one node of the compiled graph,
-# run eagerly, and the whole model around it compiles into one function (vLLM does the same, with its
-# `unified_attention` op). The op finds the engine's attention object here, set around each forward.
-# The K, V write stays outside the op, in the compiled code: fused into the kernel that makes k and v.
-_step_attention: list[Attention] = []
-
-
-@contextlib.contextmanager
-def attention_for_this_step(attn: Attention):
-    _step_attention.append(attn)
-    try:
-        yield
-    finally:
-        _step_attention.pop()
-
-
-@torch.library.custom_op("minigpt::attention", mutates_args=())
-def opaque_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layer: int) -> torch.Tensor:
-    """The step's attention object, run eagerly. It takes the layer's cache as the compiled code passes it,
-    after this step's write: that input is what orders the op after the write."""
-    return _step_attention[-1](layer, q, k_cache, v_cache).contiguous()
-
-
-@opaque_attention.register_fake
-def _(q, k_cache, v_cache, layer):  # what the compiler knows of the output: q's shape, dtype, device; contiguous
-    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
-
-
-def attend_opaquely(layer: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-    """The attention the compiled layers see."""
-    return opaque_attention(q, k_cache, v_cache, layer)
-
-
-class NoAttention:
-    """An attention object over a small cache of its own, returning zeros: the layers without an engine
-    (to compile them, or to time them alone)."""
-
-    # The cache's rows: unlike any other size the compiler sees, or it would assume them equal ever after
-    # (dynamic shapes share one symbol among equal sizes) and compile again.
-    def __init__(self, config: ModelConfig, num_tokens: int, device, dtype, rows: int = 65):
-        self.kv_cache = zeros_kv_cache(config, rows, device, dtype)
-        self.new_rows = torch.arange(num_tokens, device=device)
-
-    def __call__(self, layer, q, k_cache, v_cache):
-        return torch.zeros_like(q)
 
 
 class RMSNorm(nn.Module):
@@ -177,20 +126,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, kv_cache: tuple[torch.Tensor, torch.Tensor], new_rows: torch.Tensor,
+    def forward(self, x, cos, sin, kv_cache: tuple[torch.Tensor, torch.Tensor], cache_rows: torch.Tensor,
                 attn: Attention):
         q, k, v = self.self_attn.qkv(self.input_layernorm(x), cos, sin)
         k_cache, v_cache = kv_cache
-        k_cache.index_copy_(0, new_rows, k)  # into the engine's cache, at the rows it chose
-        v_cache.index_copy_(0, new_rows, v)
+        k_cache.index_copy_(0, cache_rows, k)  # into the engine's cache, at the rows it chose
+        v_cache.index_copy_(0, cache_rows, v)
         out = attn(self.self_attn.layer, q, k_cache, v_cache)  # the engine's attention: (T, H, D)
         x = x + self.self_attn.o_proj(out.flatten(1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 # Projections that read the same input are one matmul here, several in Hugging Face checkpoints: at decode
-# a matmul of a few hundred rows costs about as much as its launch, whatever its width (on the H200, three
-# fewer a layer took 0.31 ms off W1's 6.56-ms decode step: NOTES.md).
+# a matmul of a few hundred rows costs about as much as its launch, whatever its width (chapter 6 measures it).
 FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
 
@@ -240,7 +188,6 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
-        self.compiled_layers = None  # compile_layers
 
     @property
     def device(self) -> torch.device:
@@ -250,35 +197,6 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    def compile_layers(self, backend: str | None = "inductor", cpp_wrapper: bool = False):
-        """Have torch.compile turn every layer into one compiled function, a step's one call: the small
-        kernels of each layer (norms, projections, RoPE, SwiGLU, residual adds; about 30 a layer eager)
-        fuse, and no Python runs between them but attention's: the engine's eager object, behind one
-        opaque op (`opaque_attention`, above). Compiled here, not mid-run: for 1 token (sizes 0 and 1 are
-        always specialised) and for any number. `backend=None` puts the eager model back;
-        `backend="eager"` or `"aot_eager"` traces without generating kernels (the CPU tests).
-
-        `cpp_wrapper` (inductor only) has the compiled function, which launches every kernel of the step,
-        written in C++ rather than Python: each launch then costs the CPU less (on the H200's host, chapter
-        4's decode steps took 27% less time, NOTES.md), for a compile twice as long."""
-        if cpp_wrapper and backend != "inductor":
-            raise ValueError(f"cpp_wrapper is an option of the inductor backend, not of {backend!r}")
-        self.compiled_layers = None
-        if not backend:
-            return
-        options = {"cpp_wrapper": True} if cpp_wrapper else None
-        compiled = torch.compile(self.run_layers, backend=backend, dynamic=True, options=options)
-        for T in (1, 2):  # as the engines run it: the compiled code is guarded on the grad mode, and on
-            # whether each input was made in inference mode: the cache outside it (the engines make theirs
-            # so), the rest inside it, as the model's forward makes them
-            attn = NoAttention(self.config, T, self.device, self.dtype)
-            with torch.inference_mode():
-                x, cos, sin = self.embed_and_rotations(torch.zeros(T, dtype=torch.long, device=self.device),
-                                                       torch.arange(T, device=self.device))
-                with attention_for_this_step(attn):
-                    compiled(x, cos, sin, attn.kv_cache, attn.new_rows, attend_opaquely)
-        self.compiled_layers = compiled
-
     def embed_and_rotations(self, input_ids: torch.Tensor, positions: torch.Tensor):
         """input_ids, positions: (T,) -> the embeddings (T, C) and RoPE's cos, sin: (T, 1, head_dim)."""
         angles = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
@@ -286,10 +204,17 @@ class Transformer(nn.Module):
         return self.embed_tokens(input_ids), angles.cos().to(self.dtype), angles.sin().to(self.dtype)
 
     def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   kv_cache: list[tuple[torch.Tensor, torch.Tensor]], new_rows: torch.Tensor, attn: Attention):
+                   kv_cache: list[tuple[torch.Tensor, torch.Tensor]], cache_rows: torch.Tensor, attn: Attention):
+        """Every decoder layer, in order: (T, C) -> (T, C)."""
         for layer, layer_kv in zip(self.layers, kv_cache):
-            x = layer(x, cos, sin, layer_kv, new_rows, attn)
+            x = layer(x, cos, sin, layer_kv, cache_rows, attn)
         return x
+
+    def logits(self, x: torch.Tensor, logits_at: torch.Tensor | None) -> torch.Tensor:
+        """The final norm and the LM head, on the rows `logits_at` picks (all when None): (N, vocab) float32."""
+        if logits_at is not None:
+            x = x[logits_at]
+        return self.lm_head(self.norm(x)).float()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                 logits_at: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,11 +224,5 @@ class Transformer(nn.Module):
         None means every row.
         """
         x, cos, sin = self.embed_and_rotations(input_ids, positions)
-        if self.compiled_layers is None:
-            x = self.run_layers(x, cos, sin, attn.kv_cache, attn.new_rows, attn)
-        else:  # one compiled call, in which each layer's attention calls `attn`
-            with attention_for_this_step(attn):
-                x = self.compiled_layers(x, cos, sin, attn.kv_cache, attn.new_rows, attend_opaquely)
-        if logits_at is not None:
-            x = x[logits_at]
-        return self.lm_head(self.norm(x)).float()  # (N, vocab)
+        x = self.run_layers(x, cos, sin, attn.kv_cache, attn.cache_rows, attn)
+        return self.logits(x, logits_at)

@@ -1,8 +1,8 @@
-"""Chapters 2 and 3 give chapter 1's tokens (and so transformers') on workloads that take every path."""
+"""Every chapter gives chapter 1's tokens (and so transformers') on workloads that take every path."""
 import pytest
 
 import minigpt
-from chapters import ch01_naive, ch02_padded, ch03_continuous, ch04_paged, ch05_async
+from chapters import ch01_naive, ch02_padded, ch03_continuous, ch04_paged, ch05_async, ch06_compiled
 from minigpt import Request
 from minigpt.reference import hf_greedy
 from tests.conftest import mixed_requests
@@ -14,6 +14,9 @@ ENGINES = {
     "ch03 reference": (ch03_continuous, dict(max_batch_tokens=64, max_seqs=3, attention="reference")),
     "ch03 budget 1": (ch03_continuous, dict(max_batch_tokens=1, max_seqs=8)),
     "ch03 roomy": (ch03_continuous, dict(max_batch_tokens=4096, max_seqs=64)),
+    "ch04 small pool": (ch04_paged, dict(max_batch_tokens=64, num_blocks=30, block_size=8)),
+    "ch05 async": (ch05_async, dict(max_batch_tokens=64, num_blocks=30, block_size=8)),
+    "ch06 traced": (ch06_compiled, dict(max_batch_tokens=64, compile="aot_eager")),
 }
 
 
@@ -50,7 +53,7 @@ def test_greedy_tokens_equal_chapter1(engine, model, workload, reference_tokens)
     assert all(c.token_times[0] >= r.arrival_time for c, r in zip(completions, workload))
 
 
-@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous])
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous, ch04_paged, ch05_async, ch06_compiled])
 def test_equal_transformers_on_a_loaded_checkpoint(module, hf_checkpoint):
     path, hf = hf_checkpoint
     model = minigpt.load_pretrained(path)
@@ -59,7 +62,7 @@ def test_equal_transformers_on_a_loaded_checkpoint(module, hf_checkpoint):
         assert c.tokens == hf_greedy(hf, r)
 
 
-@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous])
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous, ch04_paged, ch05_async, ch06_compiled])
 def test_sampled_tokens_do_not_depend_on_batch_mates(module, model):
     r = Request([3, 4, 5], max_new_tokens=20, temperature=0.9, top_p=0.95, seed=11)
     alone = ch01_naive.generate(model, [r])[0].tokens
@@ -67,7 +70,7 @@ def test_sampled_tokens_do_not_depend_on_batch_mates(module, model):
     assert module.generate(model, others + [r])[-1].tokens == alone
 
 
-@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous, ch04_paged, ch05_async])
+@pytest.mark.parametrize("module", [ch02_padded, ch03_continuous, ch04_paged, ch05_async, ch06_compiled])
 @pytest.mark.parametrize("bad,message", [(Request([], 5), "prompt_ids is empty"),
                                          (Request([1, 99999], 5), "outside the vocabulary"),
                                          (Request([1], 0), "max_new_tokens"),
@@ -93,7 +96,8 @@ def test_chunked_prefill_and_memory_trace(model):
     assert 0 < stats["kv_utilisation"] < 1
 
 
-@pytest.mark.parametrize("chapter", ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async"])
+@pytest.mark.parametrize("chapter", ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async",
+                                     "ch06_compiled"])
 def test_empty_request_list(chapter, model):
     import importlib
 

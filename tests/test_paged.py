@@ -23,12 +23,12 @@ def seq(i, n_tokens):
 
 def test_allocator_all_or_nothing_and_no_double_free(model):
     cache = PagedCache(model.config, num_blocks=4, block_size=4, device="cpu", dtype=torch.float32,
-                       num_requests=2, max_blocks=3)
+                       num_rows=2, max_blocks=3)
     a, b = seq(0, 10), seq(1, 10)
     assert cache.allocate(a, 10) and cache.tables[0] == [0, 1, 2] == cache.host_tables[0].tolist()
     assert not cache.allocate(b, 10) and 1 not in cache.tables  # needs 3, 1 free: nothing taken
     assert cache.allocate(b, 4) and len(cache.free_blocks) == 0
-    assert cache.cache_index(a, range(3, 6)) == [3, 4 * 1 + 0, 4 * 1 + 1]
+    assert cache.cache_rows(a, range(3, 6)) == [3, 4 * 1 + 0, 4 * 1 + 1]
     cache.free(a)
     cache.free(a)  # a second free of the same sequence frees nothing more
     assert sorted(cache.free_blocks) == [0, 1, 2] and cache.ref_count == [0, 0, 0, 1]
@@ -199,50 +199,3 @@ def test_a_freed_block_is_revived_by_a_later_request_with_the_same_prefix(model)
     out = PagedEngine(model, share_prefixes=True, block_size=8, num_blocks=12, max_seqs=1).generate([a, c])
     assert [o.tokens for o in out] == [o.tokens for o in ch01_naive.generate(model, [a, c])]
     assert out.stats["prefix_hit_tokens"] == 40  # C found A's five full blocks, freed but intact
-
-
-def test_compiled_layers_give_the_same_tokens_and_never_recompile_mid_run(model):
-    """All layers trace as one function around the opaque attention op, for every batch size (the
-    tracing and the op's fake output are checked here; the H200 runs inductor's kernels, GPU tests)."""
-    from torch._dynamo.utils import counters
-
-    from chapters import ch05_async
-
-    requests = mixed_requests(model.config.vocab_size)
-    expected = [c.tokens for c in ch01_naive.generate(model, requests)]
-    torch._dynamo.reset()
-    counters.clear()
-    try:
-        for generate in (ch04_paged.generate, ch05_async.generate):
-            engine_options = dict(num_blocks=30, max_batch_tokens=64, compile="aot_eager")
-            assert [c.tokens for c in generate(model, requests, **engine_options)] == expected
-            assert model.compiled_layers is not None
-        assert counters["stats"]["unique_graphs"] == 2, "one code for 1 token, one for any number"
-    finally:
-        model.compile_layers(None)
-    assert model.compiled_layers is None
-
-
-def test_a_cpp_wrapper_that_does_not_build_falls_back_to_the_python_wrapper(model, monkeypatch):
-    """Without a C++ compiler or CUDA's headers inductor's C++ wrapper does not build: the engine says so and
-    compiles with the Python wrapper. An error the Python wrapper meets too is raised, not swallowed."""
-    calls = []
-
-    def compile_layers(backend, cpp_wrapper=False):
-        calls.append((backend, cpp_wrapper))
-        if cpp_wrapper:
-            raise RuntimeError("no C++ compiler")
-
-    engine = ch04_paged.PagedEngine(model)  # on the CPU: nothing compiled
-    monkeypatch.setattr(model, "compile_layers", compile_layers)
-    engine.compile, engine.cpp_wrapper = "inductor", True  # as on a GPU
-    engine.compile_model()
-    assert calls == [("inductor", True), ("inductor", False)] and not engine.cpp_wrapper
-
-    def broken(backend, cpp_wrapper=False):
-        raise ValueError("a bug in the model")
-
-    monkeypatch.setattr(model, "compile_layers", broken)
-    engine.cpp_wrapper = True
-    with pytest.raises(ValueError, match="a bug in the model"):
-        engine.compile_model()

@@ -1,13 +1,13 @@
 """The whole-book benchmark: every chapter on one workload, results as JSON under figures/.
 
-    python -m chapters.bench                        # CPU: W1-small, every chapter, in seconds
-    python -m chapters.bench --device cuda --workload W1 --subset ch01_naive=16 --out figures/h200_w1.json
-    python -m chapters.bench --device cuda --workload W1 --chapters transformers_cb,transformers_cb@use_async=true,ch05_async
+    python -m tools.bench                        # CPU: W1-small, every chapter, in seconds
+    python -m tools.bench --device cuda --workload W1 --subset ch01_naive=16 --out figures/h200_w1.json
+    python -m tools.bench --device cuda --workload W1 --chapters transformers_cb,transformers_cb@use_async=true,ch05_async
                                                     # transformers' own continuous batching beside the book's engine
-    python -m chapters.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
-    python -m chapters.bench memory --out figures/fixed_memory_w1.json   # requests running in a fixed KV memory
-    python -m chapters.bench profile --out figures/h200_profile_ch05.json   # where the GPU time goes, by kernel
-    python -m chapters.bench report                 # figures/*.png and the README's results, from the JSON
+    python -m tools.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
+    python -m tools.bench memory --out figures/fixed_memory_w1.json   # requests running in a fixed KV memory
+    python -m tools.bench profile --out figures/h200_profile_ch05.json   # where the GPU time goes, by kernel
+    python -m tools.bench report                 # figures/*.png and the README's results, from the JSON
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from minigpt import from_config, get_workload, results_table, save_results
-from minigpt.cli import CHAPTERS, default_dtype, measure
+from minigpt.cli import CHAPTERS, add_common_arguments, default_dtype, measure, positive_int, set_threads
 from minigpt.metrics import console, decode_phase, environment
 
 
@@ -28,33 +28,61 @@ def parse_options(items: list[str]) -> dict:
     """["use_async=false", "num_blocks=100"] -> {"use_async": False, "num_blocks": 100}"""
     out = {}
     for item in items:
-        k, v = item.split("=", 1)
-        out[k] = json.loads(v) if v[:1] in "0123456789[{tf-" else v
+        k, eq, v = item.partition("=")
+        if not (k and eq and v):
+            raise argparse.ArgumentTypeError(f"an engine option is NAME=VALUE (e.g. num_blocks=100), got {item!r}")
+        try:
+            out[k] = json.loads(v) if v[:1] in "0123456789[{tfn-" else v
+        except json.JSONDecodeError:
+            out[k] = v
     return out
 
 
+def subset(text: str) -> tuple[str, int]:
+    """argparse type for --subset: "CHAPTER=N" -> (CHAPTER, N)."""
+    name, _, n = text.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected CHAPTER=N (e.g. ch01_naive=8), got {text!r}")
+    return name, positive_int(n)
+
+
+def chapter_option(text: str) -> tuple[str, dict]:
+    """argparse type for --option: "CHAPTER:NAME=VALUE" -> (CHAPTER, {NAME: VALUE})."""
+    chapter, colon, kv = text.partition(":")
+    if not (chapter and colon):
+        raise argparse.ArgumentTypeError(f"expected CHAPTER:NAME=VALUE (e.g. ch04_paged:num_blocks=100), got {text!r}")
+    return chapter, parse_options([kv])
+
+
 def run_chapters(argv):
-    p = argparse.ArgumentParser(prog="python -m chapters.bench")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workload", default="W1-small")
-    p.add_argument("--preset", default=None)
-    p.add_argument("--chapters", default=",".join(CHAPTERS))
-    p.add_argument("--requests", type=int, default=None, help="run only the first N requests of the workload")
-    p.add_argument("--subset", action="append", default=[], help="CHAPTER=N: run only the first N requests")
-    p.add_argument("--option", action="append", default=[], help="CHAPTER:NAME=VALUE, an engine option")
-    p.add_argument("--repeat", type=int, default=1, help="time each chapter N times, report the median run")
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
+    p.add_argument("--chapters", default=",".join(CHAPTERS), help="comma-separated; CHAPTER@NAME=VALUE+... for variants")
+    p.add_argument("--subset", action="append", default=[], type=subset, help="CHAPTER=N: run only the first N requests")
+    p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE, an engine option")
+    p.add_argument("--repeat", type=positive_int, default=1, help="time each chapter N times, report the median run")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    threads = set_threads(args.device, args.threads)
+    known = set(CHAPTERS) | {"transformers_cb"}
+    for label in args.chapters.split(","):
+        name, _, variant = label.partition("@")
+        if name not in known:
+            p.error(f"--chapters: unknown {name!r}; choose from {', '.join(sorted(known))}")
+        try:
+            parse_options(variant.split("+") if variant else [])
+        except argparse.ArgumentTypeError as error:
+            p.error(f"--chapters: {error}")
     workload = get_workload(args.workload)
     dtype = default_dtype(args.device)
     model = from_config(args.preset or workload.preset, device=args.device, dtype=dtype)
     requests = workload.requests(model.config.vocab_size, args.requests)
-    subsets = {k: int(v) for k, v in (s.split("=") for s in args.subset)}
+    subsets = dict(args.subset)
     options: dict[str, dict] = {}
-    for o in args.option:
-        chapter, kv = o.split(":", 1)
-        options.setdefault(chapter, {}).update(parse_options([kv]))
+    for chapter, option in args.option:
+        options.setdefault(chapter, {}).update(option)
     results, failed = [], {}
     for label in args.chapters.split(","):
         # "ch05_async@use_async=false": a chapter with options of its own, labelled as given
@@ -73,7 +101,7 @@ def run_chapters(argv):
         if label not in failed:
             console.print(results_table(results[-1:], ""))
         if args.out:  # write as we go: a long run that is cut off keeps what it measured
-            save_results(results, args.out, command="python -m chapters.bench " + shlex.join(argv), failed=failed)
+            save_results(results, args.out, command="python -m tools.bench " + shlex.join(argv), failed=failed)
     console.print(results_table(results, f"{workload.name} on {args.device}: {model.config.name}, {dtype}"))
 
 
@@ -151,7 +179,7 @@ def bench_attention(argv):
 
     from chapters.ch04_paged import paged_decode_reference, paged_decode_triton
 
-    p = argparse.ArgumentParser(prog="python -m chapters.bench attention")
+    p = argparse.ArgumentParser(prog="python -m tools.bench attention")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     rows = []
@@ -174,7 +202,7 @@ def bench_attention(argv):
                          "block_size": bs, "us": ms * 1e3, "tb_per_s": nbytes / ms / 1e9,
                          "of_ceiling": nbytes / ms / 1e9 / ceiling})
             console.print(rows[-1])
-    data = {"command": "python -m chapters.bench attention " + shlex.join(argv), "environment": environment(),
+    data = {"command": "python -m tools.bench attention " + shlex.join(argv), "environment": environment(),
             "copy_ceiling_tb_per_s": ceiling, "results": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
@@ -188,7 +216,7 @@ def bench_fixed_memory(argv):
     from chapters import ch03_continuous, ch04_paged
     from minigpt import PRESETS, max_total_len
 
-    p = argparse.ArgumentParser(prog="python -m chapters.bench memory")
+    p = argparse.ArgumentParser(prog="python -m tools.bench memory")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--block-size", type=int, default=16)
@@ -208,7 +236,7 @@ def bench_fixed_memory(argv):
         console.print(f"{r['engine']}: {r['mean_running']:.1f} requests running on average (at most "
                       f"{r['max_running']}), {r['steps']} steps, {r['preemptions']} preemptions")
     if args.out:
-        data = {"command": "python -m chapters.bench memory " + shlex.join(argv), "environment": environment(),
+        data = {"command": "python -m tools.bench memory " + shlex.join(argv), "environment": environment(),
                 "num_requests": args.requests, "kv_tokens": args.slots * slot_len, "results": rows}
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
 
@@ -230,7 +258,7 @@ def bench_profile(argv):
 
     from torch.profiler import ProfilerActivity, profile
 
-    p = argparse.ArgumentParser(prog="python -m chapters.bench profile")
+    p = argparse.ArgumentParser(prog="python -m tools.bench profile")
     p.add_argument("--chapter", default="ch05_async")
     p.add_argument("--workload", default="W1")
     p.add_argument("--requests", type=int, default=64)
@@ -267,7 +295,7 @@ def bench_profile(argv):
     for r in cpu[:25]:
         console.print(f"CPU {r['self_ms']:9.1f} ms {r['per_step']:7.1f}/step  {r['op']}")
     if args.out:
-        data = {"command": "python -m chapters.bench profile " + shlex.join(argv), "environment": environment(),
+        data = {"command": "python -m tools.bench profile " + shlex.join(argv), "environment": environment(),
                 "steps": steps, "kernel_ms": total / 1e3, "kinds": list(kinds.values()), "kernels": rows,
                 "cpu_ops": cpu[:100]}
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
@@ -280,8 +308,6 @@ W1_FILES = ["h200_w1_ch02.json", "h200_w1.json", "h200_w1_ch04_cpp_wrapper.json"
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
 # transformers' continuous batching beside chapter 5 on the same requests; its async mode in a run of its own
 PEER_FILES = ["h200_w1_64_transformers.json", "h200_w1_64_transformers_async.json"]
-# CPU-bound chapters timed several times (`--repeat`); the second, two commits of ch04 alternated on one machine
-REPEAT_FILES = ["h200_w1_ch04_repeat.json", "h200_w1_ch04_ab_kv_write.json"]
 CHAPTER_ROWS = [  # (result label, row name, idea)
     ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
     ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
@@ -307,8 +333,10 @@ def w1_results() -> dict:
 
 
 def report(argv):
+    """The figures and the README's results section, drawn from the committed JSON in figures/."""
     from minigpt import plots
 
+    argparse.ArgumentParser(prog="python -m tools.bench report", description=report.__doc__).parse_args(argv)
     latest, ref = w1_results(), load("reference_h200.json")
     rows = [(row, latest[label][0]) for label, row, _ in CHAPTER_ROWS if label in latest]
     ladder_rows = [(name, r["tokens_per_s"], f"{r['num_requests']} req" if r["num_requests"] < 256 else "")
@@ -347,7 +375,7 @@ def report(argv):
         console.print(f"{label} on W1: decode steps {decode_gpu:.2f} s of GPU work reading {kv_read / 1e12:.1f} TB of KV "
                       f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
                       f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
-    console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE] + PEER_FILES + REPEAT_FILES)}")
+    console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE] + PEER_FILES)}")
 
 
 def results_markdown() -> str:
@@ -374,14 +402,6 @@ def results_markdown() -> str:
     if variants:  # the same engines with other options, in the same run
         lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
         lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
-    # Each row's commit: its own (runs of two commits in one file) or its file's.
-    repeated = [(r, r["extra"].get("commit", load(f)["environment"]["commit"])) for f in REPEAT_FILES
-                for r in load(f)["results"]]
-    lines += ["", "Timed several times in other runs (`--repeat`; a CPU-bound engine moves with the host's CPU, "
-              "whose speed changes for seconds at a time: NOTES.md):", "",
-              "| run | median output tokens/s | every run's output tokens/s |", "| --- | ---: | --- |"]
-    lines += [f"| `{r['chapter']}` at {commit} | {r['tokens_per_s']:,.0f} | "
-              f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra']['walls_s'])} |" for r, commit in repeated]
     peers = [load(f) for f in PEER_FILES]
     lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
               f"{peers[0]['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):",
@@ -404,7 +424,7 @@ def results_markdown() -> str:
                          f"| {span:.2f} | {busy:.1%} |")
     cpu = load("cpu_w1small.json")
     lines += ["", f"On a {cpu['environment']['cpu_count']}-core CPU (torch {cpu['environment']['torch']}), the tiny "
-              "model on W1-small in float32 (`python -m chapters.bench`). With no GPU to overlap with, chapter 5's "
+              "model on W1-small in float32 (`python -m tools.bench`). With no GPU to overlap with, chapter 5's "
               "streams and events are no-ops and its bookkeeping is pure cost:", "",
               "| chapter | output tokens/s | TTFT p50 ms |", "| --- | ---: | ---: |"]
     lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | "
@@ -419,7 +439,7 @@ def results_markdown() -> str:
     for _, (r, f, command) in latest.items():
         if (f, command) not in seen:
             seen.append((f, command))
-    seen += [(f, load(f)["command"]) for f in REPEAT_FILES + PEER_FILES + [W2_FILE]] + [("cpu_w1small.json", cpu["command"])]
+    seen += [(f, load(f)["command"]) for f in PEER_FILES + [W2_FILE]] + [("cpu_w1small.json", cpu["command"])]
     lines += [f"- `{f}`: `{c.replace('/root/out/', '$OUT/')}`" for f, c in seen]  # $OUT: the device's output folder
     return "\n".join(lines)
 
@@ -443,7 +463,7 @@ def write_readme_results():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["attention"], ["profile"]) and not torch.cuda.is_available():
-        raise SystemExit(f"`python -m chapters.bench {argv[0]}` measures CUDA kernels: it needs a CUDA GPU")
+        raise SystemExit(f"`python -m tools.bench {argv[0]}` measures CUDA kernels: it needs a CUDA GPU")
     if argv[:1] == ["attention"]:
         return bench_attention(argv[1:])
     if argv[:1] == ["memory"]:
