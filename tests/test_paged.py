@@ -136,13 +136,14 @@ def test_varlen_prefill_equals_the_masked_reference(dtype):
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("chapter", ["ch02_padded", "ch03_continuous", "ch04_paged"])
+@pytest.mark.parametrize("chapter", ["ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled"])
 def test_gpu_float32_tokens_equal_chapter1(chapter):
     import importlib
 
     model = minigpt.from_config("tiny", device="cuda")
     requests = mixed_requests(model.config.vocab_size) + minigpt.get_workload("W1-small").requests(1024, 12)
-    options = {"ch04_paged": dict(num_blocks=30, max_batch_tokens=128)}.get(chapter, {})
+    paged = dict(num_blocks=30, max_batch_tokens=128)
+    options = {"ch04_paged": paged, "ch05_async": paged, "ch06_compiled": paged}.get(chapter, {})
     ours = importlib.import_module(f"chapters.{chapter}").generate(model, requests, **options)
     assert [c.tokens for c in ours] == [c.tokens for c in ch01_naive.generate(model, requests)]
 
