@@ -27,6 +27,11 @@ class ModelConfig:
     name: str = "custom"
 
     def __post_init__(self):
+        shapes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings")
+        if bad := [f"{n}={getattr(self, n)!r}" for n in shapes if not (isinstance(getattr(self, n), int)
+                                                                         and getattr(self, n) > 0)]:
+            raise ValueError(f"{', '.join(bad)}: every size of the model must be a positive integer")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "

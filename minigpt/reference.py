@@ -17,14 +17,14 @@ def to_hf(model: Transformer):
         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
         num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim,
         max_position_embeddings=c.max_position_embeddings, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, eos_token_id=c.eos_token_id or None,
+        tie_word_embeddings=c.tie_word_embeddings, eos_token_id=c.eos_token_id or None, rope_scaling=c.rope_scaling,
     )
     if c.qk_norm:
         cls, cfg = transformers.Qwen3ForCausalLM, transformers.Qwen3Config(**common)
     elif c.attention_bias:
         cls, cfg = transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**common)
     else:
-        cls, cfg = transformers.LlamaForCausalLM, transformers.LlamaConfig(**common, rope_scaling=c.rope_scaling)
+        cls, cfg = transformers.LlamaForCausalLM, transformers.LlamaConfig(**common)
     hf = cls(cfg).to(dtype=model.dtype, device=model.device).eval()
     ours = split_to_hf_names(model.state_dict(), c)
     state = {(k if k == "lm_head.weight" else "model." + k): v for k, v in ours.items()}
