@@ -14,7 +14,7 @@ from tests.conftest import mixed_requests, tiny_hf_model
 
 def full_logits(model, ids):
     cache = ch01_naive.ContiguousKVCache(model.config, len(ids), model.device, model.dtype)
-    cache.new_rows = torch.arange(len(ids))
+    cache.cache_rows = torch.arange(len(ids))
     return model(ids, torch.arange(len(ids)), cache)
 
 

@@ -38,7 +38,7 @@ def parse_options(items: list[str]) -> dict:
     return out
 
 
-def subset(text: str) -> tuple[str, int]:
+def subset_arg(text: str) -> tuple[str, int]:
     """argparse type for --subset: "CHAPTER=N" -> (CHAPTER, N)."""
     name, _, n = text.partition("=")
     if not name:
@@ -59,7 +59,7 @@ def run_chapters(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
     p.add_argument("--chapters", default=",".join(CHAPTERS), help="comma-separated; CHAPTER@NAME=VALUE+... for variants")
-    p.add_argument("--subset", action="append", default=[], type=subset, help="CHAPTER=N: run only the first N requests")
+    p.add_argument("--subset", action="append", default=[], type=subset_arg, help="CHAPTER=N: run only the first N requests")
     p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE, an engine option")
     p.add_argument("--repeat", type=positive_int, default=1, help="time each chapter N times, report the median run")
     p.add_argument("--out", default=None, help="write the results as JSON here")
