@@ -343,7 +343,7 @@ class AsyncEngine(PagedEngine):
             for i, slot in enumerate(self.slots):
                 offsets = self.pack(slot, pad_rows({name: [] for name in FIELDS}, size), [], size)  # all padding
                 slot.device[: sum(offsets["tables"])].copy_(slot.host[: sum(offsets["tables"])])
-                batch = self.batch_views(slot, offsets, chunks=[], graph_size=size, prompt_sizes=[])
+                batch = self.batch_views(slot, offsets, chunks=[], sampled=[], graph_size=size, prompt_sizes=[])
                 with torch.inference_mode():
                     with on(self.compute):  # one eager run first: Triton compiles, the allocator warms
                         self.forward_and_sample(batch, slot, self.slots[1 - i], greedy=True)
