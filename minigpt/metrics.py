@@ -168,3 +168,12 @@ def stage(name: str, show: bool = True):
     with console.status(f"{name}...", spinner="dots"):
         yield
     console.print(f"{name}: {time.perf_counter() - start:.1f} s", highlight=False)
+
+
+FIGURES = Path(__file__).resolve().parent.parent / "figures"  # the book's committed data and figures
+
+
+def show_committed(file: str, title: str, chapters: list[str] | None = None):
+    """Print a committed results file (figures/FILE) as a table: the rows a chapter's measurement cites."""
+    results = [r for r in load_results(FIGURES / file) if chapters is None or r.chapter in chapters]
+    console.print(results_table(results, title))

@@ -304,18 +304,23 @@ def bench_profile(argv):
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
-W1_FILES = ["h200_w1_ch02.json", "h200_w1.json", "h200_w1_ch04_cpp_wrapper.json", "h200_w1_ch05_cpp_wrapper.json"]
+W1_FILES = ["h200_w1_ch01_ch03.json", "h200_w1_arc.json"]  # one commit; chapters 1-3, then 4-6
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
 # transformers' continuous batching beside chapter 5 on the same requests; its async mode in a run of its own
 PEER_FILES = ["h200_w1_64_transformers.json", "h200_w1_64_transformers_async.json"]
-CHAPTER_ROWS = [  # (result label, row name, idea)
-    ("ch01_naive", "ch01_naive", "one request at a time, KV cache"),
-    ("ch02_padded", "ch02_padded", "static batches, left padding + mask"),
-    ("ch03_continuous", "ch03_continuous", "ragged batches, token budget, chunked prefill"),
-    ("ch04_paged", "ch04_paged", "paged KV cache, Triton paged attention, preemption, compiled layers"),
-    ("ch05_async@use_async=false", "ch05_async (sync)", "ch05's engine, synchronous: graphs, no overlap"),
-    ("ch05_async", "ch05_async", "streams + events, carry-over, CUDA graphs"),
+CHAPTER_ROWS = [  # (result label, row name, idea, what its engine runs)
+    ("ch01_naive", "ch01_naive", "one request at a time, KV cache", "eager"),
+    ("ch02_padded", "ch02_padded", "static batches, left padding + mask", "eager"),
+    ("ch03_continuous", "ch03_continuous", "ragged batches, token budget, chunked prefill", "eager"),
+    ("ch04_paged", "ch04_paged", "paged KV cache, Triton paged attention, preemption", "eager"),
+    ("ch05_async@use_async=false", "ch05_async --no-use-async", "ch05's engine run synchronously", "eager, decode as CUDA graphs"),
+    ("ch05_async", "ch05_async", "streams + events, two slots, carry-over on the GPU", "eager, decode as CUDA graphs"),
+    ("ch06_compiled", "ch06_compiled", "ch05 with the model compiled around attention", "compiled (inductor), decode as CUDA graphs"),
+    ("ch06_compiled@cpp_wrapper=true", "ch06_compiled --cpp-wrapper", "ch06, its kernels launched from C++",
+     "compiled (inductor, C++ wrapper), decode as CUDA graphs"),
 ]
+# The runs were made before chapter 6's default became the Python wrapper: their labels, as today's options.
+RELABEL = {"ch06_compiled": "ch06_compiled@cpp_wrapper=true", "ch06_compiled@cpp_wrapper=false": "ch06_compiled"}
 
 
 def load(name: str) -> dict:
@@ -328,7 +333,8 @@ def w1_results() -> dict:
     for f in W1_FILES:
         data = load(f)
         for r in data["results"]:
-            latest[r["chapter"]] = (r, f, data["command"])
+            latest[RELABEL.get(r["chapter"], r["chapter"]) if f == "h200_w1_arc.json" else r["chapter"]] = (
+                r, f, data["command"])
     return latest
 
 
@@ -338,16 +344,16 @@ def report(argv):
 
     argparse.ArgumentParser(prog="python -m tools.bench report", description=report.__doc__).parse_args(argv)
     latest, ref = w1_results(), load("reference_h200.json")
-    rows = [(row, latest[label][0]) for label, row, _ in CHAPTER_ROWS if label in latest]
+    rows = [(row, latest[label][0]) for label, row, _, _ in CHAPTER_ROWS if label in latest]
     ladder_rows = [(name, r["tokens_per_s"], f"{r['num_requests']} req" if r["num_requests"] < 256 else "")
                    for name, r in rows]
     plots.ladder(ladder_rows, {"W1 floor (KV bytes / copy bandwidth)": ref["w1_floor_tokens_per_s"],
-                               "transformers CB sync (DESIGN.md)": ref["transformers_continuous_batching_sync_tokens_per_s"],
-                               "transformers CB async (DESIGN.md)": ref["transformers_continuous_batching_async_tokens_per_s"]},
+                               "transformers CB sync": ref["transformers_continuous_batching_sync_tokens_per_s"],
+                               "transformers CB async": ref["transformers_continuous_batching_async_tokens_per_s"]},
                  FIGURES / "ladder_w1.png", "W1 on one H200 (qwen3-0.6b shape, bf16): output tokens/s")
     ch02 = latest["ch02_padded"][0]
     plots.padding_waste(ch02["extra"], FIGURES / "padding_waste_w1.png",
-                        f"ch02 on W1 ({ch02['num_requests']} requests, batches of 16): wasted slots")
+                        f"ch02 on W1 ({ch02['num_requests']} requests, a batch of 16): wasted slots")
     ch03, ch04 = latest["ch03_continuous"][0], latest["ch04_paged"][0]
     plots.kv_memory({"ch03 slots": ch03["extra"]["trace"], "ch04 blocks": ch04["extra"]["trace"]},
                     ch03["extra"]["kv_bytes_per_token"], FIGURES / "kv_memory_w1.png",
@@ -382,36 +388,31 @@ def results_markdown() -> str:
     """The README's results section, from the JSON files alone."""
     latest = w1_results()
     w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
-    ideas = {row: idea for _, row, idea in CHAPTER_ROWS}
-    lines = ["| chapter | idea | script | notebook | H200 output tokens/s on W1 | gain over the previous | requests run "
-             "| commit |", "| --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+    lines = ["| chapter | idea | runs | H200 output tokens/s on W1 | gain over the previous | requests run | commit |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- |"]
     prev = None
-    for label, name, _ in CHAPTER_ROWS:
+    for label, name, idea, runs in CHAPTER_ROWS:
         if label not in latest:
             continue
         r, f, _ = latest[label]
         module = name.split(" ")[0]
-        script = f"python -m chapters.{module}" + (" --no-use-async" if "sync)" in name else "")
         gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
         commit = load(f)["environment"].get("commit", "not recorded")
-        lines.append(f"| {name} | {ideas[name]} | `{script}` | [notebook](chapters/{module}.ipynb) "
-                     f"| {r['tokens_per_s']:,.0f} | {gain} | {r['num_requests']} of 256 | {commit} |")
+        lines.append(f"| [`{name}`](chapters/{module}.py) | {idea} | {runs} | {r['tokens_per_s']:,.0f} | {gain} "
+                     f"| {r['num_requests']} of 256 | {commit} |")
         prev = r["tokens_per_s"]
-    shown = {label for label, _, _ in CHAPTER_ROWS}
-    variants = [(label, r) for label, (r, f, _) in latest.items() if f == W1_FILES[-1] and label not in shown]
-    if variants:  # the same engines with other options, in the same run
-        lines += ["", "Variants, in the same run:", "", "| run | output tokens/s | wall s |", "| --- | ---: | ---: |"]
-        lines += [f"| `{label}` | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} |" for label, r in variants]
     peers = [load(f) for f in PEER_FILES]
     lines += ["", f"transformers' own continuous batching (`transformers_cb`) beside chapter 5 on W1's first "
-              f"{peers[0]['results'][0]['num_requests']} requests (the same machine, weights and requests, EOS ignored):",
+              f"{peers[0]['results'][0]['num_requests']} requests, in an earlier run at commit "
+              f"{peers[0]['environment']['commit']}, when chapter 5 ran the compiled model (the same machine, weights and "
+              "requests, EOS ignored; its configuration as installed, without CUDA graphs):",
               "", "| engine | requests | output tokens/s | wall s | note |", "| --- | ---: | ---: | ---: | --- |"]
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
     for peer in peers:
         lines += [f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.2f} | {cell(r['note'])} |"
                   for r in peer["results"]]
         lines += [f"| {cell(label)} | | | | no result: {cell(why)} |" for label, why in peer.get("failed", {}).items()]
-    for title, runs in (("W1, sync against async (the decode phase is the fair comparison: NOTES.md)", latest),
+    for title, runs in (("W1, sync against async, eager model (the decode phase is the fair comparison: NOTES.md)", latest),
                         ("W2 (llama3-8b shape, 32 requests x 8192 new tokens), the seed article's experiment",
                          {k: (v,) for k, v in w2.items()})):
         lines += ["", title + ":", "",
@@ -430,7 +431,7 @@ def results_markdown() -> str:
     lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | "
               f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
               for r in cpu["results"]]
-    env = load("h200_w1.json")["environment"]
+    env = load(W1_FILES[-1])["environment"]
     lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
               "Every number above comes from these commands, run on the H200 with `--out $OUT/...` and the file "
