@@ -191,11 +191,27 @@ if __name__ == "__main__" and MODEL_DIR:
 # ## The measurement
 #
 # `python -m chapters.ch01_naive` runs the tiny model on `W1-small` on the CPU in seconds;
-# `python -m chapters.ch01_naive --device cuda --preset qwen3-0.6b --workload W1 --requests 16`
-# measures a subset of W1 on a GPU (all of W1 would take about half an hour one request at a time).
-# On the H200, one request of W1 ran at 36 tokens/s (`figures/h200_w1.json`): each token is a
-# forward pass of ~1000 small kernels launched from Python, and the GPU mostly waits for the next one.
+# `python -m chapters.ch01_naive --device cuda --workload W1 --requests 1` measures a subset of W1 on a
+# GPU (all of W1 would take about an hour, one request at a time). The table has the columns every
+# chapter prints:
 #
+# * **tokens/s**: output tokens over the wall time from the first request's submission to the last token;
+# * **TTFT** (time to first token): from a request's arrival to its first output token, median over the
+#   requests. Every request of these workloads arrives at t = 0, so here TTFT counts the wait for all the
+#   requests ahead of it too: one at a time, the median request waits for half the run;
+# * **TPOT** (time per output token): the mean gap between a request's tokens after its first, median over
+#   the requests: what a reader of a streamed answer feels.
+#
+# On the H200 (the cell below prints the committed run), each token is a forward pass of about a
+# thousand small kernels launched from Python, and the GPU mostly waits for the next launch.
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt.metrics import show_committed
+
+    show_committed("h200_w1_ch01_ch03.json", "W1 on one H200 (committed data)", ["ch01_naive"])
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Remove the KV cache: make `decode_one_token` re-run the whole sequence each step. How does the
@@ -203,6 +219,11 @@ if __name__ == "__main__" and MODEL_DIR:
 # 2. Time prefill and decode apart on W1-small. Which dominates, and why does decode cost nearly the
 #    same per token whether the context is 10 or 1000 tokens on a GPU?
 # 3. Set `temperature=0.8, seed=1` on a request: run it twice, alone and beside others. Same tokens?
+#
+# ## What is left on the table
+#
+# A decode step reads every weight of the model to make one token for one request. Chapter 2 makes the
+# same read serve many requests at once.
 
 # %%
 def main(argv=None):

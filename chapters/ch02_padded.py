@@ -21,7 +21,7 @@
 #
 # Chapter 1 reads every weight of the model to produce one token. A decode step is memory-bound: the
 # GPU spends its time moving weights, not multiplying. Feed it `B` requests at once and the same weight
-# read produces `B` tokens, almost for free. (On the H200, chapter 1 ran W1 at 36 tokens/s.)
+# read produces `B` tokens, almost for free.
 #
 # Requests differ in length, and a tensor is a rectangle. So we pad: every prompt is left-padded to
 # the longest in the batch (left, so that every request's *last* token sits in the same column and
@@ -188,15 +188,26 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `python -m chapters.ch02_padded --compare` runs chapters 1 and 2 on the same requests. On W1 the
 # prompt lengths are uniform in [100, 1024], so a batch's prompts average about half the longest: expect
 # close to half the prefill columns to be padding, and, since outputs are uniform too, a similar share of
-# idle decode rows. The table shows both. On the H200 (64 of W1's requests, batches of 16), 41% of prefill
-# columns were padding and 46% of decode rows idle (`figures/padding_waste_w1.png`).
-#
+# idle decode rows. The table shows both; the cell below prints the H200's committed run.
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt.metrics import show_committed
+
+    show_committed("h200_w1_ch01_ch03.json", "W1 on one H200 (committed data)", ["ch01_naive", "ch02_padded"])
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Sort the requests by prompt length before batching. What happens to prefill waste? To decode waste?
 # 2. Vary `--batch-size` from 1 to 64 on W1-small. Where does throughput stop growing on the CPU, and why?
 # 3. Give one request of a batch 10x the output of the others and watch decode waste. What would you need
 #    to let a new request take a finished row's place? (That is chapter 3.)
+#
+# ## What is left on the table
+#
+# Pad columns computed for nothing, finished rows that wait for the batch's slowest member, and new
+# requests that wait for the whole batch. All three come from the rectangle. Chapter 3 drops it.
 
 # %%
 OPTIONS = {"batch_size": (int, 16, "requests per static batch")}

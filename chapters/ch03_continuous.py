@@ -21,8 +21,8 @@
 # requests' decode steps, and what reserving KV memory per request costs.
 #
 # Chapter 2 lost time twice: on pad tokens, and on rows that had finished but had to wait for the
-# batch's slowest member (on W1 on the H200, 41% of prefill columns and 46% of decode rows). Both come
-# from the rectangle. Drop it:
+# batch's slowest member (its measurement shows how much of each). Both come from the rectangle. Drop
+# it:
 #
 # * **ragged batches**: the model already takes a flat list of tokens. Put every running request's
 #   new tokens in it, back to back: a decoding request brings 1 token, a prefilling one a chunk of its
@@ -468,8 +468,16 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests. Besides
 # throughput, look at `kv_utilisation`: the share of the reserved slot memory that held keys and values,
 # averaged over the run. A slot is as long as the longest request may grow, and a request uses its full
-# length only at its very last step, so on W1 most of the reserved memory holds nothing.
-#
+# length only at its very last step, so on W1 most of the reserved memory holds nothing. The cell below
+# prints the H200's committed run, chapters 1-3 on the same requests.
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt.metrics import show_committed
+
+    show_committed("h200_w1_ch01_ch03.json", "W1 on one H200 (committed data)")
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Set `--max-batch-tokens 16` and watch the steps count grow: every prompt is now prefilled in chunks.

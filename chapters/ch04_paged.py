@@ -450,13 +450,21 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #
 # `python -m chapters.ch04_paged --compare` runs chapters 1-4 on the same requests. Compare the KV
 # utilisation line with chapter 3's: near 100% now (only each request's last, partly filled block is
-# slack); on W1 on the H200 it was 99% against chapter 3's 45% (`figures/kv_memory_w1.png`). On a GPU
-# the decode attention is the Triton kernel; `python -m tools.bench attention` measures its bandwidth:
+# slack; `figures/kv_memory_w1.png` draws both over W1). On a GPU the decode attention is the Triton
+# kernel; `python -m tools.bench attention` measures its bandwidth:
 # at W1's decode shape (256 sequences of 1024 tokens) 4.08 TB/s, 96% of the H200's copy ceiling, where
 # gathering the blocks and calling SDPA reaches 26% (`figures/h200_attention.json`). And in the same KV
 # memory, more requests run at once: W1's first 64 requests in room for 8 of the longest ran 7.4 at a
 # time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m tools.bench memory`).
-#
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt.metrics import show_committed
+
+    show_committed("h200_w1_ch01_ch03.json", "W1 on one H200: chapter 3 (committed data)", ["ch03_continuous"])
+    show_committed("h200_w1_arc.json", "W1 on one H200: chapter 4, the eager model (committed data)", ["ch04_paged"])
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Run with `--num-blocks 40`: how many preemptions, and what do they cost in throughput?

@@ -478,14 +478,22 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #
 # `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async`
 # runs the same engine synchronously and asynchronously on the same requests, with the fraction of the
-# wall time the GPU was busy (CUDA events recorded around each step's GPU work). On the H200 (W2: the 8B
-# shape, 32 requests of 8192 new tokens) the synchronous loop left the GPU idle 1.1 ms between 10.5-ms
-# decode steps (89% busy); asynchronously the median gap was 1 us (99.5% busy) and the run took 10.5% less
-# time, 86.1 s against 96.3 s. On W1, whose decode steps are shorter (about 5.5 ms), 6.12 s against 8.06 s,
-# the decode phase 99.7% busy against 74.6% (the synchronous time moves with the host's CPU: 7.34 s in the
-# run before, with the same decode kernels). `figures/async_timeline_w1.png` shows twenty steps of
-# W1, sync above async; NOTES.md has what still limits both.
-#
+# wall time the GPU was busy (CUDA events recorded around each step's GPU work); the cell below prints the
+# H200's committed runs of W2 (the 8B shape, 32 requests of 8192 new tokens) and of W1. The synchronous
+# loop leaves the GPU idle between steps while the CPU reads the tokens back and prepares the next step;
+# asynchronously the gaps close, and the run is shorter by what they added up to. The gain is largest
+# where steps are short (W1's 0.6B model, about 7 ms a step) and smallest where they are long (W2's 8B
+# model, about 11 ms): the CPU's share of a step is about the same in both. `figures/async_timeline_w1.png`
+# draws twenty steps of W1, sync above async.
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt.metrics import show_committed
+
+    show_committed("h200_w2.json", "W2 on one H200 (committed data)")
+    show_committed("h200_w1_arc.json", "W1 on one H200 (committed data)", ["ch05_async@use_async=false", "ch05_async"])
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Run with `--no-cuda-graphs`. How much of the decode step was kernel-launch time?

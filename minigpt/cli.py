@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
-from .metrics import RunResult, console, results_table, save_results
+from .metrics import RunResult, console, describe, results_table, save_results
 from .config import PRESETS
 from .workloads import WORKLOADS, get_workload
 
@@ -77,7 +77,8 @@ def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also run the earlier chapters on the same requests")
     p.add_argument("--compare-requests", type=positive_int, default=None,
                    help="with --compare: give ch01 and ch02 only the first N requests (they are slow)")
-    p.add_argument("--model", default=None, help="a local Hugging Face checkpoint folder instead of random weights")
+    p.add_argument("--model", default=None, help="a Hugging Face checkpoint instead of random weights: a local folder, "
+                                                "or a hub id such as Qwen/Qwen3-0.6B when the machine is online")
     p.add_argument("--prompt", action="append", help="with --model: generate from this text (repeatable)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="with --prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="with --prompt: 0 is greedy")
@@ -124,14 +125,15 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     workload = get_workload(args.workload)
     requests = workload.requests(model.config.vocab_size, args.requests)
     chapters = CHAPTERS[: CHAPTERS.index(chapter) + 1] if args.compare else [chapter]
-    results = []
+    results, tokens = [], {}
     for name in chapters:
         subset = requests
         if name != chapter and args.compare_requests and name in ("ch01_naive", "ch02_padded"):
             subset = requests[: args.compare_requests]
         opts = engine_options if name == chapter else {}
         try:
-            results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress))
+            results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress,
+                                   tokens=tokens.setdefault(name, [])))
         except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
             if name != chapter:
                 raise
@@ -143,13 +145,40 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     for r in results:
         if line := describe(r):
             console.print(f"{r.chapter}: {line}", highlight=False)
+    if len(tokens) > 1:
+        console.print(same_tokens(tokens), highlight=False)
+    if args.device == "cpu":
+        for before, after in zip(results, results[1:]):
+            if after.tokens_per_s < 0.95 * before.tokens_per_s and after.chapter in SLOWER_ON_A_CPU:
+                console.print(f"{after.chapter} is slower than {before.chapter} here: {SLOWER_ON_A_CPU[after.chapter]}",
+                              highlight=False)
     if args.out:
         save_results(results, args.out, command="python -m chapters." + chapter + " " + shlex.join(argv or sys.argv[1:]))
     return results
 
 
+# Why a chapter can run slower than the one before it on a CPU, where its idea has nothing to win.
+SLOWER_ON_A_CPU = {
+    "ch04_paged": "paging pays off in memory (more requests at once on a GPU); on a CPU its block bookkeeping "
+                  "and the reference decode, which gathers every block each step, are pure cost",
+    "ch05_async": "there is no GPU to overlap with: streams and events do nothing, and the slots, "
+                  "placeholders and padded graph rows are pure bookkeeping",
+    "ch06_compiled": "on a CPU chapter 6 does not compile (compile=auto), so it is chapter 5 plus noise",
+}
+
+
+def same_tokens(tokens: dict[str, list[list[int]]]) -> str:
+    """One line: does every chapter give chapter 1's tokens, request by request, on the requests both ran?"""
+    reference_name, reference = next(iter(tokens.items()))
+    differ = [f"{name} (request {next(i for i, (a, b) in enumerate(zip(ours, reference)) if a != b)})"
+              for name, ours in list(tokens.items())[1:] if any(a != b for a, b in zip(ours, reference))]
+    if differ:
+        return f"tokens: DIFFER from {reference_name}'s: {', '.join(differ)} (expected only for sampled requests)"
+    return f"tokens: every chapter's equal {reference_name}'s, request by request"
+
+
 def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True,
-            repeat: int = 1) -> RunResult:
+            repeat: int = 1, tokens: list | None = None) -> RunResult:
     """Warm up (excluded), then time `repeat` runs of `name` from the first submit to the last token; the
     run of median wall time is reported, every run's wall time kept (`extra["walls_s"]`): a CPU-bound
     engine's time moves with the host's CPU, which on the H200 machines changes speed for seconds at a
@@ -167,6 +196,8 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
         runs.append((max((c.token_times[-1] for c in completions if c.token_times), default=0.0), completions))
     walls = [wall for wall, _ in runs]
     wall, completions = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
+    if tokens is not None:  # each request's tokens, for a comparison across chapters
+        tokens[:] = [c.tokens for c in completions]
     if failed := [c.error for c in completions if c.error]:
         console.print(f"[red]{name}: {len(failed)} request(s) failed[/red], the first: {escape(failed[0])}")
     note = f"first {len(requests)} requests" if len(requests) < get_workload(workload).num_requests else ""
@@ -195,21 +226,3 @@ def run_text(chapter, model, tokenizer, args, options):
         why = f": {escape(c.error)}" if c.error else ""
         console.print(text + f"  [dim]({c.finish_reason}, {len(c.tokens)} tokens{why})[/dim]", highlight=False)
     return []
-
-
-def describe(r: RunResult) -> str:
-    """What a chapter measures beside throughput, from its engine's counters."""
-    e, parts = r.extra, []
-    if "prefill_waste" in e:
-        parts.append(f"padding waste {e['prefill_waste']:.0%} of prefill columns, "
-                     f"{e['decode_waste']:.0%} of decode rows idle")
-    if "kv_utilisation" in e:
-        parts.append(f"{e['steps']} steps, {e['mean_batch_tokens']:.0f} tokens a step, "
-                     f"KV memory reserved and used: {e['kv_utilisation']:.0%}")
-    if "preemptions" in e:
-        parts.append(f"preemptions: {e['preemptions']}")
-    if e.get("prefix_hit_tokens"):
-        parts.append(f"prefill saved by shared prefixes: {e['prefix_hit_tokens']} tokens")
-    if "gpu_busy" in e:
-        parts.append(f"GPU busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
-    return "; ".join(parts)

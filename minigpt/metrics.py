@@ -124,18 +124,27 @@ def load_results(path: str | Path) -> list[RunResult]:
 
 
 def results_table(results: list[RunResult], title: str) -> Table:
-    """One row per run; the last column compares each row with the one before it."""
-    table = Table(title=title, title_justify="left")
-    for col in ("chapter", "workload", "requests", "out tokens", "wall s", "tokens/s", "TTFT p50 ms",
-                "TPOT p50 ms", "vs previous", "note"):
-        table.add_column(col, justify="left" if col in ("chapter", "workload", "note") else "right")
-    prev = None
+    """One row per run, narrow enough for an 80-column terminal; the gain column compares each row with the
+    one before it. What all rows share (workload, request count) goes in the title; a row's note below."""
+    counts = {(r.workload, r.num_requests) for r in results}
+    if len(counts) == 1:
+        workload, n = counts.pop()
+        title = ", ".join(filter(None, [title, f"{n} requests of {workload}"]))
+    table = Table(title=title, title_justify="left", caption_justify="left")
+    columns = ["chapter"] + (["requests"] if len({r.num_requests for r in results}) > 1 else []) + [
+        "tokens/s", "gain", "TTFT ms", "TPOT ms", "wall s"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "chapter" else "right", no_wrap=True)
+    prev, notes = None, []
     for r in results:
         gain = f"{r.tokens_per_s / prev.tokens_per_s:.1f}x" if prev and prev.tokens_per_s else ""
-        table.add_row(r.chapter, r.workload, str(r.num_requests), str(r.output_tokens), f"{r.wall_s:.2f}",
-                      f"{r.tokens_per_s:,.0f}", f"{r.ttft_p50_s * 1e3:,.1f}", f"{r.tpot_p50_s * 1e3:,.2f}",
-                      gain, r.note)
+        cells = {"chapter": r.chapter, "requests": str(r.num_requests), "tokens/s": f"{r.tokens_per_s:,.0f}",
+                 "gain": gain, "TTFT ms": f"{r.ttft_p50_s * 1e3:,.1f}", "TPOT ms": f"{r.tpot_p50_s * 1e3:,.2f}",
+                 "wall s": f"{r.wall_s:.2f}"}
+        table.add_row(*(cells[c] for c in columns))
+        notes += [f"{r.chapter}: {r.note}"] if r.note and not r.note.startswith("first ") else []
         prev = r
+    table.caption = "\n".join(notes) or None
     return table
 
 
@@ -177,3 +186,24 @@ def show_committed(file: str, title: str, chapters: list[str] | None = None):
     """Print a committed results file (figures/FILE) as a table: the rows a chapter's measurement cites."""
     results = [r for r in load_results(FIGURES / file) if chapters is None or r.chapter in chapters]
     console.print(results_table(results, title))
+    for r in results:
+        if line := describe(r):
+            console.print(f"{r.chapter}: {line}", highlight=False)
+
+
+def describe(r: RunResult) -> str:
+    """What a chapter measures beside throughput, from its engine's counters."""
+    e, parts = r.extra, []
+    if "prefill_waste" in e:
+        parts.append(f"padding waste {e['prefill_waste']:.0%} of prefill columns, "
+                     f"{e['decode_waste']:.0%} of decode rows idle")
+    if "kv_utilisation" in e:
+        parts.append(f"{e['steps']} steps, {e['mean_batch_tokens']:.0f} tokens a step, "
+                     f"KV memory reserved and used: {e['kv_utilisation']:.0%}")
+    if "preemptions" in e:
+        parts.append(f"preemptions: {e['preemptions']}")
+    if e.get("prefix_hit_tokens"):
+        parts.append(f"prefill saved by shared prefixes: {e['prefix_hit_tokens']} tokens")
+    if "gpu_busy" in e:
+        parts.append(f"GPU busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
+    return "; ".join(parts)

@@ -315,12 +315,11 @@ CHAPTER_ROWS = [  # (result label, row name, idea, what its engine runs)
     ("ch04_paged", "ch04_paged", "paged KV cache, Triton paged attention, preemption", "eager"),
     ("ch05_async@use_async=false", "ch05_async --no-use-async", "ch05's engine run synchronously", "eager, decode as CUDA graphs"),
     ("ch05_async", "ch05_async", "streams + events, two slots, carry-over on the GPU", "eager, decode as CUDA graphs"),
-    ("ch06_compiled", "ch06_compiled", "ch05 with the model compiled around attention", "compiled (inductor), decode as CUDA graphs"),
+    ("ch06_compiled@cpp_wrapper=false", "ch06_compiled", "ch05 with the model compiled around attention",
+     "compiled (inductor), decode as CUDA graphs"),
     ("ch06_compiled@cpp_wrapper=true", "ch06_compiled --cpp-wrapper", "ch06, its kernels launched from C++",
      "compiled (inductor, C++ wrapper), decode as CUDA graphs"),
 ]
-# The runs were made before chapter 6's default became the Python wrapper: their labels, as today's options.
-RELABEL = {"ch06_compiled": "ch06_compiled@cpp_wrapper=true", "ch06_compiled@cpp_wrapper=false": "ch06_compiled"}
 
 
 def load(name: str) -> dict:
@@ -333,8 +332,7 @@ def w1_results() -> dict:
     for f in W1_FILES:
         data = load(f)
         for r in data["results"]:
-            latest[RELABEL.get(r["chapter"], r["chapter"]) if f == "h200_w1_arc.json" else r["chapter"]] = (
-                r, f, data["command"])
+            latest[r["chapter"]] = (r, f, data["command"])
     return latest
 
 
