@@ -42,8 +42,10 @@
 # 6. decode steps replay **CUDA graphs** that read fixed addresses: each slot's device buffer is the graph's
 #    input, written in place, never rebound.
 #
-# On the CPU, streams and events do nothing and the same code runs in order: every line of the logic is
-# exercised by the tests there; the GPU adds the overlap and the timing.
+# On the CPU there are no streams, but the idea still shows: the step's model work runs on a *worker
+# thread*, which runs what is queued on it in order, as a stream does, while the main thread prepares the
+# next step (PyTorch's CPU kernels release Python's lock while they compute). Every guard's logic runs
+# there too, and the tests exercise it; the GPU adds streams, graphs and the real timing.
 
 # %%
 from __future__ import annotations
@@ -52,6 +54,7 @@ import contextlib
 import gc
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -70,13 +73,20 @@ PENDING = -1  # a token whose value the GPU has not told us yet
 # ## Streams and events that are no-ops on the CPU
 
 # %%
-class NoEvent:
-    def record(self, stream=None): ...
+class HostEvent:
+    """A CUDA event's stand-in on the CPU, where work is done when the call returns: recording notes the
+    time (seconds, `time.perf_counter`), and there is nothing to wait for."""
+
+    time = 0.0
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
     def synchronize(self): ...
 
 
 def new_event(cuda: bool, timing: bool = False):
-    return torch.cuda.Event(enable_timing=timing) if cuda else NoEvent()
+    return torch.cuda.Event(enable_timing=timing) if cuda else HostEvent()
 
 
 def on(stream):
@@ -85,8 +95,22 @@ def on(stream):
 
 
 def wait(stream, event):
+    """Queue a wait for `event` on `stream`; with no stream (the CPU), wait for it here."""
     if stream is not None:
         stream.wait_event(event)
+    else:
+        event.synchronize()
+
+
+class WorkerEvent:
+    """On the CPU, the end of a step queued on the worker thread (below): `synchronize()` waits for it and
+    raises what it raised."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def synchronize(self):
+        self.future.result()
 
 
 # %% [markdown]
@@ -169,8 +193,10 @@ class AsyncEngine(PagedEngine):
     def generate(self, requests: list[Request]) -> Completions:
         try:
             return super().generate(requests)
-        finally:  # also after an error: nothing is left in flight or frozen for the next run
+        finally:  # also after an error: nothing is left in flight, running or frozen for the next run
             self.in_flight = []
+            if getattr(self, "worker", None):
+                self.worker.shutdown(wait=True)
             gc.unfreeze()
 
     # ----- one-time setup: scratch block, tables, streams, slots, graphs ---------------------------------
@@ -189,6 +215,8 @@ class AsyncEngine(PagedEngine):
         attention = super().make_attention()
         self.compute, self.copy_in, self.copy_out = ((torch.cuda.Stream(self.device) if self.cuda else None)
                                                      for _ in range(3))
+        # The CPU's stand-in for the compute stream: one thread, running the steps in the order they come.
+        self.worker = ThreadPoolExecutor(1) if self.use_async and not self.cuda else None
         rows = max(self.max_batch_tokens, self.max_seqs, max(self.graph_sizes))
         self.capacity = (rows + 1) * (len(FIELDS) + self.width)  # the fields, at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
@@ -282,6 +310,9 @@ class AsyncEngine(PagedEngine):
     def launch(self, batch: AsyncBatch):
         slot = batch.slot
         previous = self.slots[1 - self.slots.index(slot)]  # step N-1's slot: its outputs feed the placeholders
+        if self.worker:  # the CPU: queue the step on the worker; its end guards the slot (hazards 1 and 5)
+            slot.consumed = slot.fetched = WorkerEvent(self.worker.submit(self.run_on_worker, batch, slot, previous))
+            return
         start, end = new_event(self.cuda, timing=True), new_event(self.cuda, timing=True)
         with on(self.compute):
             wait(self.compute, slot.copied)  # the inputs are on the device
@@ -289,11 +320,7 @@ class AsyncEngine(PagedEngine):
             if self.jitter and self.cuda:  # tests: a random GPU-side delay
                 torch.cuda._sleep(int(self.rng.random() * self.jitter * 1e9))
             start.record()
-            if batch.graph_size and self.use_graphs:
-                self.graphs[(batch.graph_size, self.slots.index(slot))].replay()  # hazard 6: inputs in place
-            else:  # eager; on the CPU, padded decode steps too, so the tests run the graphs' padded layout
-                self.prefill_layout(batch)
-                self.forward_and_sample(batch, slot, previous, greedy=batch.graph_size > 0)
+            self.run_model(batch, slot, previous)
             end.record()
             slot.consumed.record()
         wait(self.copy_out, end)
@@ -301,6 +328,25 @@ class AsyncEngine(PagedEngine):
             n = len(batch.sampled)
             slot.out_host[:n].copy_(slot.out_device[:n], non_blocking=True)
             slot.fetched.record()
+        batch.events = (start, end)
+
+    def run_model(self, batch: AsyncBatch, slot: Slot, previous: Slot):
+        if batch.graph_size and self.use_graphs:
+            self.graphs[(batch.graph_size, self.slots.index(slot))].replay()  # hazard 6: inputs in place
+        else:  # eager; on the CPU, padded decode steps too, so the tests run the graphs' padded layout
+            self.prefill_layout(batch)
+            self.forward_and_sample(batch, slot, previous, greedy=batch.graph_size > 0)
+
+    @torch.inference_mode()  # (a thread's own setting: the worker sets it for itself)
+    def run_on_worker(self, batch: AsyncBatch, slot: Slot, previous: Slot):
+        """The step's model work and the copy of its tokens, on the worker thread; its times for the timeline."""
+        start, end = HostEvent(), HostEvent()
+        if self.jitter:  # tests: a random delay on the worker's side
+            time.sleep(self.rng.random() * self.jitter)
+        start.record()
+        self.run_model(batch, slot, previous)
+        end.record()
+        slot.out_host[: len(batch.sampled)] = slot.out_device[: len(batch.sampled)]
         batch.events = (start, end)
 
     def prefill_layout(self, batch: AsyncBatch):
@@ -435,11 +481,15 @@ class AsyncEngine(PagedEngine):
     def summary(self) -> dict:
         stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs,
                  "setup_s": self.setup_s}
-        if not (self.cuda and self.done):
+        if not self.done:
             return stats
-        torch.cuda.synchronize()
-        timeline = [{**times, "gpu_start": self.ref.elapsed_time(start) / 1e3 + self.ref_host,
-                     "gpu_end": self.ref.elapsed_time(end) / 1e3 + self.ref_host} for times, (start, end) in self.done]
+        if self.cuda:  # the GPU's times, from its events, on the host clock
+            torch.cuda.synchronize()
+            spans = [(self.ref.elapsed_time(start) / 1e3 + self.ref_host, self.ref.elapsed_time(end) / 1e3 + self.ref_host)
+                     for _, (start, end) in self.done]
+        else:  # the times the CPU's model work began and ended, on the run's clock
+            spans = [(start.time - self.clock.start, end.time - self.clock.start) for _, (start, end) in self.done]
+        timeline = [{**times, "gpu_start": start, "gpu_end": end} for (times, _), (start, end) in zip(self.done, spans)]
         stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
         return stats
 
@@ -485,6 +535,21 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # where steps are short (W1's 0.6B model, about 7 ms a step) and smallest where they are long (W2's 8B
 # model, about 11 ms): the CPU's share of a step is about the same in both. `figures/async_timeline_w1.png`
 # draws twenty steps of W1, sync above async.
+
+# %% [markdown]
+# On the CPU, the cell below runs the same requests both ways and draws twenty steps of each: in the
+# asynchronous run the worker thread computes step N while the main thread prepares step N+1. The overlap
+# shows; the gain in wall time is small, and that is the limit of a CPU: PyTorch's kernels release Python's
+# lock while they compute, but launching each one is Python, and the tiny model's steps are mostly
+# launching. The main thread's preparation waits for the lock as the GPU's launches never would.
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt import plots
+
+    runs = {name: generate(demo_model, demo, use_async=flag).stats["timeline"] for name, flag in
+            (("sync", False), ("async", True))}
+    plots.async_timeline(runs, None, "chapter 5 on this CPU, steps 10-29", first=10, device="model")
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():

@@ -205,5 +205,6 @@ def describe(r: RunResult) -> str:
     if e.get("prefix_hit_tokens"):
         parts.append(f"prefill saved by shared prefixes: {e['prefix_hit_tokens']} tokens")
     if "gpu_busy" in e:
-        parts.append(f"GPU busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
+        where = "GPU" if r.device == "cuda" else "model work"  # on the CPU: the thread that runs the model
+        parts.append(f"{where} busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
     return "; ".join(parts)

@@ -1,17 +1,23 @@
 """The figures, drawn from measured results (never from typed numbers)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a script or a test: draw to files, no window; a notebook shows them inline
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, path):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write the figure to `path`, or with path None show it (in a notebook, inline)."""
     fig.tight_layout()
+    if path is None:
+        plt.show()
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
@@ -77,8 +83,9 @@ def occupancy(trace: list[dict], path, title: str):
     return _save(fig, path)
 
 
-def async_timeline(runs: dict[str, list[dict]], path, title: str, first: int, steps: int = 20):
-    """CPU and GPU lanes over `steps` consecutive steps of each run, one panel per run (sync above async)."""
+def async_timeline(runs: dict[str, list[dict]], path, title: str, first: int, steps: int = 20, device: str = "GPU"):
+    """CPU and device lanes over `steps` consecutive steps of each run, one panel per run (sync above async).
+    `device` names the lane of the model's work: the GPU, or on a CPU the thread that runs the model."""
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 1.9 * len(runs)), sharex=True)
     for ax, (name, timeline) in zip(axes, runs.items()):
         window = timeline[first:first + steps]
@@ -90,9 +97,9 @@ def async_timeline(runs: dict[str, list[dict]], path, title: str, first: int, st
             ax.broken_barh([(s["gpu_start"] - t0, s["gpu_end"] - s["gpu_start"])], (0, 0.8), color="#357")
         span = window[-1]["gpu_end"] - window[0]["gpu_start"]
         busy = sum(s["gpu_end"] - s["gpu_start"] for s in window)
-        ax.set_yticks([0.4, 1.4, 2.4], ["GPU", "CPU waits", "CPU works"], fontsize=8)
-        ax.set_title(f"{name}: GPU busy {busy / span:.0%} of these {steps} steps", fontsize=9, loc="left")
-    axes[-1].set_xlabel("seconds (schedule+prepare: sand, launch: red, waiting for tokens: grey, GPU step: blue)",
+        ax.set_yticks([0.4, 1.4, 2.4], [device, "CPU waits", "CPU works"], fontsize=8)
+        ax.set_title(f"{name}: {device} busy {busy / span:.0%} of these {steps} steps", fontsize=9, loc="left")
+    axes[-1].set_xlabel(f"seconds (schedule+prepare: sand, launch: red, waiting for tokens: grey, {device} step: blue)",
                         fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
