@@ -1,4 +1,4 @@
-"""The named, seeded workloads every chapter is measured on (DESIGN.md, "How we measure")."""
+"""The named, seeded workloads every chapter is measured on (the README says why each was chosen)."""
 from __future__ import annotations
 
 import random
