@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from chapters import ch03_continuous
 from chapters.ch03_continuous import ContinuousEngine, PackedAttention, Scheduler, Sequence
 from minigpt import Completions, ModelConfig, Request, fail, max_total_len, zeros_kv_cache
+from minigpt.metrics import stage
 from minigpt.options import check_bool, check_int, check_number, make_engine
 
 try:
@@ -402,7 +403,8 @@ class PagedEngine(ContinuousEngine):
 
     def make_attention(self):  # NEW
         if triton is not None and self.device.type == "cuda" and not self.reference:
-            compile_decode_kernel(*self.cache.kv_cache[0], self.config.num_attention_heads, self.block_size)
+            with stage(f"compiling the paged kernel's {len(SPLITS)} variants", self.progress):
+                compile_decode_kernel(*self.cache.kv_cache[0], self.config.num_attention_heads, self.block_size)
         return PagedAttention(self.cache, self.reference)
 
     def admit(self, seq: Sequence):  # NEW: a request that can never fit fails alone

@@ -64,7 +64,7 @@ from chapters import ch04_paged
 from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
 from chapters.ch04_paged import PagedEngine
 from minigpt import Completions, Request, finish_reason
-from minigpt.metrics import decode_phase, gpu_busy
+from minigpt.metrics import decode_phase, gpu_busy, stage
 from minigpt.options import check_bool, check_int, check_number, make_engine
 
 PENDING = -1  # a token whose value the GPU has not told us yet
@@ -230,7 +230,8 @@ class AsyncEngine(PagedEngine):
         t = time.perf_counter()
         if self.use_graphs:
             self.attention = attention  # capture runs the model, which calls it
-            self.capture_graphs()
+            with stage(f"capturing {2 * len(self.graph_sizes)} CUDA graphs", self.progress):
+                self.capture_graphs()
         self.setup_s = time.perf_counter() - t
         # Python's garbage collector, when it runs a full collection, walks every live object: after capturing
         # graphs (or compiling), hundreds of thousands, for tenths of a second while the GPU runs dry. Freezing

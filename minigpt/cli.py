@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
-from .metrics import RunResult, console, describe, results_table, save_results
+from .metrics import RunResult, console, describe, results_table, save_results, stage
 from .config import PRESETS
 from .workloads import WORKLOADS, get_workload
 
@@ -140,8 +140,8 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
             parser.exit(2, f"{parser.prog}: error: {error}\n")
     params = sum(p.numel() for p in model.parameters()) / 1e6
     where = f"{args.device}, {threads} thread{'s' * (threads > 1)}" if args.device == "cpu" else args.device
-    console.print(results_table(results, f"{chapter} on {workload.name}: {model.config.name} ({params:,.1f}M "
-                                         f"parameters), {where}, {str(model.dtype).removeprefix('torch.')}"))
+    console.print(results_table(results, f"{model.config.name} model ({params:,.1f}M parameters), {where}, "
+                                         f"{str(model.dtype).removeprefix('torch.')}"))
     for r in results:
         if line := describe(r):
             console.print(f"{r.chapter}: {line}", highlight=False)
@@ -186,9 +186,10 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     generate = chapter_module(name).generate
     # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
     # paid here, not in the run. (The first H200 runs warmed up with 8-token prompts only; NOTES.md.)
-    for n, prompt_len in ((4, 8), (48, None)):
-        warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
-        generate(model, warm, **options)
+    with stage(f"{name}: warming up (compiling, first use of each shape; not timed)", progress):
+        for n, prompt_len in ((4, 8), (48, None)):
+            warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
+            generate(model, warm, **options)
     runs = []
     for _ in range(max(repeat, 1)):
         completions = generate(model, requests, progress=progress, **options)

@@ -202,6 +202,9 @@ def describe(r: RunResult) -> str:
                      f"KV memory reserved and used: {e['kv_utilisation']:.0%}")
     if "preemptions" in e:
         parts.append(f"preemptions: {e['preemptions']}")
+    if "compiled" in e:
+        parts.append(f"model compiled with {e['compiled']}{' (C++ wrapper)' if e.get('cpp_wrapper') else ''}"
+                     if e["compiled"] else "model not compiled (compile=auto compiles on a GPU only)")
     if e.get("prefix_hit_tokens"):
         parts.append(f"prefill saved by shared prefixes: {e['prefix_hit_tokens']} tokens")
     if "gpu_busy" in e:
