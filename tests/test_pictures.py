@@ -44,7 +44,7 @@ def test_block_tables_show_a_shared_prefix_and_free_blocks():
 def test_two_slots_alternate(source):
     c = pictures.capture_h200_timeline() if source == "h200" else pictures.capture_cpu_timeline()
     assert c is not None, "the committed H200 timeline is missing"
-    assert c.measured_gpu == (source == "h200")
+    assert c.on_gpu == (source == "h200")
     starts = [s["start"] for s in c.steps]
     assert starts == sorted(starts) and len(c.shown) >= 4
     fig = pictures.two_slots_figure(c)

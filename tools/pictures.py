@@ -14,6 +14,7 @@ the chapter's engine on `from_config("tiny")` (seconds on a CPU). Without one, i
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ SLOT_COLOURS = ("#357", "#e8a33d")  # slot 0, slot 1
 REQUEST_COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
 
 
+class Picture(Figure):
+    """A matplotlib Figure that a notebook shows as a PNG whatever its backend: IPython asks an object for
+    `_repr_png_`. Made without pyplot, so that pyplot neither keeps it nor shows it a second time."""
+
+    def _repr_png_(self) -> bytes:
+        png = io.BytesIO()
+        self.savefig(png, format="png", dpi=100, bbox_inches="tight")
+        return png.getvalue()
+
+
 @lru_cache(maxsize=1)
 def tiny_model():
     """The seeded random tiny model every picture runs (float32, CPU)."""
@@ -44,9 +55,9 @@ def small_requests(n: int) -> list[Request]:
     return get_workload("W1-small").requests(tiny_model().config.vocab_size, n)
 
 
-def legend_below(ax, handles, columns: int):
-    """A one-line legend under the axes, outside the data."""
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=columns, fontsize=8,
+def legend_below(ax, handles, columns: int, offset: float = -0.22):
+    """A legend under the axes (offset: its top, in axes heights), outside the data."""
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, offset), ncol=columns, fontsize=8,
               frameon=False)
 
 
@@ -56,8 +67,8 @@ PAD, PROMPT, GENERATED, FINISHED = range(4)  # what each cell of the rectangle c
 
 
 class ForwardRecorder:
-    """Chapter 2's model, recording what each forward call is given: the step's token rectangle and the
-    engine's own PaddedKVCache (its pads and the column the step starts at)."""
+    """Chapter 2's model, recording what each forward call is given: the width of the step's token rectangle
+    and, from the engine's own PaddedKVCache, the pads and the column the step starts at."""
 
     def __init__(self, model):
         self.model, self.calls = model, []
@@ -107,7 +118,7 @@ def rectangle_cells(calls: list[dict], output_lens: list[int]) -> np.ndarray:
 def padded_batch_figure(capture: PaddedCapture | None = None) -> Figure:
     """Chapter 2's batch as the rectangle it is: a row per request, a column per position of the cache."""
     c = capture or capture_padded()
-    fig = Figure(figsize=(9, 3.6))
+    fig = Picture(figsize=(9, 3.6))
     ax = fig.add_subplot()
     colours = [SAND, BLUE, LIGHT_BLUE, RED]
     ax.imshow(c.cells, cmap=ListedColormap(colours), vmin=0, vmax=3, aspect="auto", interpolation="nearest")
@@ -177,7 +188,7 @@ def mix_score(step: RaggedCapture) -> tuple:
 def ragged_batch_figure(capture: RaggedCapture | None = None) -> Figure:
     """Chapter 3's step: the flat token row above, and the prompt chunks' mask below, query by query."""
     c = capture or capture_ragged()
-    fig = Figure(figsize=(9, 4.6))
+    fig = Picture(figsize=(9, 4.6))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 3.2]})
     draw_token_row(top, c)
     draw_prefill_mask(bottom, c)
@@ -287,7 +298,7 @@ def holes(s: BlockCapture) -> list[int]:
 def block_tables_figure(capture: BlockCapture | None = None) -> Figure:
     """Chapter 4's cache mid-run: each request's block table above, the pool below, an arrow per entry."""
     c = capture or capture_block_tables()
-    fig = Figure(figsize=(9, 4.2))
+    fig = Picture(figsize=(9, 4.2))
     ax = fig.add_subplot()
     colour = {i: REQUEST_COLOURS[k % len(REQUEST_COLOURS)] for k, i in enumerate(sorted(c.tables))}
     pool_y, rows = 0.0, len(c.tables)
@@ -295,8 +306,7 @@ def block_tables_figure(capture: BlockCapture | None = None) -> Figure:
     for row, (i, table) in enumerate(sorted(c.tables.items())):
         y = 2.2 + (rows - 1 - row) * 1.1
         ax.text(-0.7, y + 0.4, f"req {i}", ha="right", va="center", fontsize=8)
-        for j, block in enumerate(table):
-            x = j
+        for x, block in enumerate(table):
             shared = c.ref_count[block] > 1
             ax.add_patch(Rectangle((x, y), 0.9, 0.8, facecolor=colour[i], edgecolor="black", linewidth=0.6,
                                    hatch="///" if shared else None, zorder=2))
@@ -350,9 +360,9 @@ def draw_pool(ax, c: BlockCapture, colour: dict[int, str], y: float):
 
 @dataclass
 class TimelineCapture:
-    steps: list[dict]  # per step: start, prepared, launched, resolved (host seconds); gpu_start, gpu_end if measured
+    steps: list[dict]  # per step: start, prepared, launched, resolved (CPU), gpu_start, gpu_end (model work), seconds
     first: int  # the run's index of steps[0]; step i uses slot i % 2
-    measured_gpu: bool  # GPU lanes from CUDA events, or (CPU run) from the host times the work ran in
+    on_gpu: bool  # model work timed by CUDA events on a GPU, or on the CPU's worker thread
     source: str  # where the data comes from, for the caption
 
     @property
@@ -384,15 +394,15 @@ def capture_h200_timeline(first: int = 500, steps: int = 6, path: Path = H200_FI
                            f"{first + steps - 1}); compute from CUDA events")
 
 
-def capture_cpu_timeline(first: int = 4, steps: int = 6, num_requests: int = 4) -> TimelineCapture:
-    """Chapter 5's engine on the CPU: its resolved steps' host times (`AsyncEngine.done`)."""
+def capture_cpu_timeline(first: int = 10, steps: int = 6, num_requests: int = 4) -> TimelineCapture:
+    """Chapter 5's engine on this CPU, asynchronous: its timeline (`stats["timeline"]`), where the model's
+    work runs on a worker thread, the compute stream's stand-in."""
     from chapters.ch05_async import AsyncEngine
 
-    engine = AsyncEngine(tiny_model(), max_batch_tokens=64)
-    engine.generate(small_requests(num_requests))
-    return TimelineCapture(window([times for times, _ in engine.done], first, steps), first - 1, False,
-                           f"this machine's CPU, tiny model, steps {first}-{first + steps - 1}: streams are no-ops, "
-                           f"so the copies and the forward run inside prepare and launch")
+    result = AsyncEngine(tiny_model(), max_batch_tokens=64).generate(small_requests(num_requests))
+    return TimelineCapture(window(result.stats["timeline"], first, steps), first - 1, False,
+                           f"this CPU, tiny model, decode steps {first}-{first + steps - 1}; a worker thread "
+                           f"stands in for the compute stream")
 
 
 def capture_timeline() -> TimelineCapture:
@@ -401,16 +411,19 @@ def capture_timeline() -> TimelineCapture:
 
 
 LANES = {"CPU": 3, "copy-in stream": 2, "compute stream": 1, "copy-out stream": 0}
+LANE_LABELS = {True: ["CPU: schedule, prepare,\nlaunch, commit, resolve", "copy-in stream", "compute stream",
+                      "copy-out stream"],
+               False: ["main thread: schedule,\nprepare, launch, commit,\nresolve", "copy-in (in prepare)",
+                       "worker thread\n(the compute stream)", "copy-out (on the worker)"]}
 
 
-def stream_spans(s: dict, measured_gpu: bool, tick: float) -> dict[str, tuple[float, float]]:
+def stream_spans(s: dict, tick: float) -> dict[str, tuple[float, float]]:
     """(start, width) of each stream's work on a step. Copies are not timed: copy-in is queued at the end
-    of prepare (the compute waits for it), copy-out after the step's end event (resolve waits for it); each
-    is drawn as a tick there. On the CPU, the forward runs inside launch."""
-    compute = (s["gpu_start"], s["gpu_end"]) if measured_gpu else (s["prepared"], s["launched"])
-    return {"copy-in stream": (s["prepared"] - (0 if measured_gpu else tick), tick),
-            "compute stream": (compute[0], compute[1] - compute[0]),
-            "copy-out stream": (compute[1], tick)}
+    of prepare (the model's work waits for it), copy-out after the model's work (resolve waits for it);
+    each is drawn as a tick there."""
+    return {"copy-in stream": (s["prepared"] - tick, tick),
+            "compute stream": (s["gpu_start"], s["gpu_end"] - s["gpu_start"]),
+            "copy-out stream": (s["gpu_end"], tick)}
 
 
 def cpu_spans(steps: list[dict], k: int) -> list[tuple[float, float, str]]:
@@ -435,7 +448,7 @@ def two_slots_figure(capture: TimelineCapture | None = None) -> Figure:
     t0 = c.steps[c.shown[0]]["start"]
     end = max(c.steps[k]["resolved"] for k in c.shown)
     tick = (end - t0) / 150
-    fig = Figure(figsize=(9, 4))
+    fig = Picture(figsize=(9, 4))
     ax = fig.add_subplot()
     for k in range(len(c.steps)):
         step, s = c.first + k, c.steps[k]
@@ -443,28 +456,29 @@ def two_slots_figure(capture: TimelineCapture | None = None) -> Figure:
         spans = cpu_spans(c.steps, k)
         for start, width, hatch in spans if k < len(c.steps) - 1 else spans[:2]:  # the step after: its resolve is later
             bar(ax, start, width, "CPU", colour, t0, hatch=hatch, alpha=0.5 if hatch == "...." else 1.0)
-        for lane, (start, width) in stream_spans(s, c.measured_gpu, tick).items():
+        spans = stream_spans(s, tick)
+        for lane, (start, width) in spans.items():
             bar(ax, start, width, lane, colour, t0)
-        compute_start, compute_width = stream_spans(s, c.measured_gpu, tick)["compute stream"]
+        compute_start, compute_width = spans["compute stream"]
         ax.text((compute_start - t0 + compute_width / 2) * 1e3, LANES["compute stream"], f"step {step}",
                 ha="center", va="center", color="white", fontsize=8, clip_on=True)
         ax.text((s["start"] - t0) * 1e3, LANES["CPU"] + 0.4, f"prepare {step}", fontsize=7, va="bottom",
                 clip_on=True)
-    ax.set_yticks(list(LANES.values()), ["CPU: schedule, prepare,\nlaunch, commit, resolve", "copy-in stream",
-                                         "compute stream", "copy-out stream"], fontsize=8)
+    ax.set_yticks(list(LANES.values()), LANE_LABELS[c.on_gpu], fontsize=8)
     ax.set_xlim(0, (end - t0) * 1e3)
     ax.set_ylim(-0.6, LANES["CPU"] + 0.9)
     ax.set_xlabel(f"milliseconds; {c.source}.\nCopies are not timed: ticks where the engine queues them",
                   fontsize=8)
-    ax.set_title("ch05: two input slots, three streams. While the GPU computes step N from one slot,\n"
-                 "the CPU prepares step N+1 in the other, then waits for step N's tokens", fontsize=10)
+    ax.set_title(f"ch05: two input slots, three streams. While the {'GPU' if c.on_gpu else 'worker thread'} "
+                 f"computes step N from one slot,\nthe CPU prepares step N+1 in the other, then waits for step N's "
+                 f"tokens", fontsize=10)
     legend_below(ax, [Patch(color=SLOT_COLOURS[0], label="slot 0 (even steps)"),
                       Patch(facecolor=GREY, label="schedule + prepare"),
                       Patch(color=SLOT_COLOURS[1], label="slot 1 (odd steps)"),
                       Patch(facecolor=GREY, hatch="////", label="launch + commit"),
                       Patch(color="white"),
-                      Patch(facecolor=GREY, hatch="....", label="resolve: wait for tokens, hand them out")], 3)
-    ax.get_legend().set_bbox_to_anchor((0.5, -0.3))
+                      Patch(facecolor=GREY, hatch="....", label="resolve: wait for tokens, hand them out")], 3,
+                 offset=-0.3)
     fig.tight_layout()
     return fig
 
