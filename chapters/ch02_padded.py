@@ -31,6 +31,8 @@
 # * **padding waste**: columns computed for pad tokens, in prefill (short prompts beside long ones)
 #   and in decode (requests that already finished keep their row until the batch ends);
 # * **the batch waits for its slowest member**: a new request cannot join until the whole batch is done.
+#
+# ![One padded batch of a tiny run: left padding, prompts, generated tokens, finished rows](../figures/idea_padded_batch.png)
 
 # %%
 from __future__ import annotations
@@ -195,6 +197,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
     show_committed("h200_w1_ch01_ch03.json", "W1 on one H200 (committed data)", ["ch01_naive", "ch02_padded"])
+    from minigpt import plots
+
+    plots.padding_waste(generate(demo_model, demo, batch_size=4).stats, None, "this run's padding waste")
 
 # %% [markdown]
 # ## Exercises

@@ -195,6 +195,8 @@ class SlotCache:
 #   the slot tensor *as it is* (a view, no copy), each slot masked to its own length. Grouped-query
 #   attention costs nothing extra: the `G = heads / kv_heads` query heads that share a KV head become
 #   `G` query rows of that head.
+# ![One step of a tiny run: the flat batch and the prompt chunks' mask](../figures/idea_ragged_batch.png)
+#
 # * **prompt chunks**, all in one call too: on the CPU (and in float32) one masked SDPA over their
 #   packed contexts, the mask keeping each chunk to its own sequence. That computes a full
 #   (tokens x context) score matrix, most of it masked: for 8192 prompt tokens from 14 prompts, 14x
@@ -476,6 +478,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
     show_committed("h200_w1_ch01_ch03.json", "W1 on one H200 (committed data)")
+    from minigpt import plots
+
+    plots.occupancy(generate(demo_model, demo, max_batch_tokens=64).stats["trace"], None, "this run, step by step")
 
 # %% [markdown]
 # ## Exercises

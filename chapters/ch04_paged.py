@@ -32,6 +32,8 @@
 # and generated tokens together) when room returns. Its output does not change.
 #
 # Only the cache, the scheduler's `grow` and `start`, and decode attention change; the engine is chapter 3's.
+#
+# ![Block tables of a tiny run mapping into the pool, shared and freed blocks marked](../figures/idea_block_tables.png)
 
 # %%
 from __future__ import annotations
@@ -465,6 +467,12 @@ if __name__ == "__main__" and "get_ipython" in globals():
 
     show_committed("h200_w1_ch01_ch03.json", "W1 on one H200: chapter 3 (committed data)", ["ch03_continuous"])
     show_committed("h200_w1_arc.json", "W1 on one H200: chapter 4, the eager model (committed data)", ["ch04_paged"])
+    from chapters import ch03_continuous
+    from minigpt import plots
+
+    traces = {"ch03 slots": ch03_continuous.generate(demo_model, demo, max_batch_tokens=64).stats["trace"],
+              "ch04 blocks": generate(demo_model, demo, num_blocks=12, max_batch_tokens=64).stats["trace"]}
+    plots.kv_memory(traces, demo_model.config.kv_bytes_per_token, None, "this run: KV memory reserved and used")
 
 # %% [markdown]
 # ## Exercises

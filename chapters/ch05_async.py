@@ -114,6 +114,8 @@ class WorkerEvent:
 
 
 # %% [markdown]
+# ![Two slots and three streams over six steps of W1 on the H200](../figures/idea_two_slots.png)
+#
 # ## A slot: one step's inputs and outputs, on both sides
 #
 # Every integer a step needs (the `FIELDS` below, then the block tables) is packed into one int64

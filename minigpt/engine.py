@@ -46,6 +46,11 @@ class Completion:
         t = self.token_times
         return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else float("nan")
 
+    @property
+    def latency(self) -> float:
+        """End to end: from the request's arrival to its last token."""
+        return self.token_times[-1] - self.arrival if self.token_times else float("nan")
+
 
 class Completions(list):
     """What `generate` returns: the completions in request order, plus the engine's own counters

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import sys
@@ -211,3 +212,16 @@ def describe(r: RunResult) -> str:
         where = "GPU" if r.device == "cuda" else "model work"  # on the CPU: the thread that runs the model
         parts.append(f"{where} busy {e['gpu_busy']:.1%} of the run, {e['decode_gpu_busy']:.1%} of the decode phase")
     return "; ".join(parts)
+
+
+def percentiles(values: list[float], qs=(50, 90, 99)) -> dict[str, float]:
+    """{"p50": .., "p90": .., "p99": ..} of the values (nearest rank), NaN when there are none."""
+    values = sorted(v for v in values if v == v)
+    if not values:
+        return {f"p{q}": float("nan") for q in qs}
+    return {f"p{q}": values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))] for q in qs}
+
+
+def latency_summary(completions: list[Completion]) -> dict:
+    """What a user feels, per request: TTFT, TPOT and end-to-end latency percentiles (seconds)."""
+    return {name: percentiles([getattr(c, name) for c in completions]) for name in ("ttft", "tpot", "latency")}

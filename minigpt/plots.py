@@ -114,3 +114,28 @@ def running_requests(runs: dict[str, list[int]], path, title: str):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str):
+    """p90 TTFT and p90 TPOT against the request rate, a line per chapter, the SLO dashed; each chapter's
+    largest rate within the SLO (its goodput) marked with a ring."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    chapters = list(dict.fromkeys(r["chapter"] for r in rows))
+    for ax, key, limit, label in ((axes[0], "ttft", slo["ttft_p90_s"], "TTFT p90 (s)"),
+                                  (axes[1], "tpot", slo["tpot_p90_s"], "TPOT p90 (ms)")):
+        scale = 1e3 if key == "tpot" else 1
+        for chapter in chapters:
+            mine = [r for r in rows if r["chapter"] == chapter]
+            line, = ax.plot([r["rate"] for r in mine], [r[key]["p90"] * scale for r in mine], marker="o", ms=3,
+                            label=chapter)
+            knee = [r for r in mine if r["rate"] == goodput.get(chapter)]
+            if knee:
+                ax.plot(knee[0]["rate"], knee[0][key]["p90"] * scale, "o", ms=10, mfc="none", color=line.get_color())
+        ax.axhline(limit * scale, ls="--", color="grey", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("requests a second")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title + " (dashed: the SLO; ring: the largest rate within it)", fontsize=10)
+    return _save(fig, path)

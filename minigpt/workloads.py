@@ -1,6 +1,7 @@
 """The named, seeded workloads every chapter is measured on (the README says why each was chosen)."""
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -16,15 +17,36 @@ class Workload:
     output_len: tuple[int, int]  # uniform, inclusive
     description: str
 
-    def requests(self, vocab_size: int, num_requests: int | None = None, seed: int = 0) -> list[Request]:
-        """The requests, seeded: the same list on every machine. `num_requests` takes the first n."""
+    def requests(self, vocab_size: int, num_requests: int | None = None, seed: int = 0, rate: float | None = None,
+                 burst: int = 1) -> list[Request]:
+        """The requests, seeded: the same list on every machine. `num_requests` takes the first n.
+
+        All arrive at t = 0 unless `rate` is given: then they arrive over time, a Poisson process of `rate`
+        requests a second (seeded apart from the prompts, so every rate serves the same requests), in bursts
+        of `burst` requests arriving together (bursts at rate / burst a second)."""
         rng = random.Random(seed)
         out = []
         for _ in range(self.num_requests):
             p, o = rng.randint(*self.prompt_len), rng.randint(*self.output_len)
             prompt = [rng.randrange(vocab_size) for _ in range(p)]
             out.append(Request(prompt_ids=prompt, max_new_tokens=o, ignore_eos=True))
-        return out if num_requests is None else out[:num_requests]
+        out = out if num_requests is None else out[:num_requests]
+        if rate is not None:
+            for r, t in zip(out, poisson_arrivals(len(out), rate, burst, seed)):
+                r.arrival_time = t
+        return out
+
+
+def poisson_arrivals(n: int, rate: float, burst: int = 1, seed: int = 0) -> list[float]:
+    """n arrival times (seconds) of a Poisson process of `rate` requests a second, `burst` at a time: the
+    gaps between bursts are exponential with mean burst / rate. The first burst arrives at t = 0."""
+    if not (rate > 0 and math.isfinite(rate)) or burst < 1:
+        raise ValueError(f"rate must be a positive number of requests a second and burst at least 1, got {rate}, {burst}")
+    rng, t, times = random.Random(f"arrivals-{seed}"), 0.0, []
+    while len(times) < n:
+        times += [t] * burst
+        t += rng.expovariate(rate / burst)
+    return times[:n]
 
 
 WORKLOADS: dict[str, Workload] = {

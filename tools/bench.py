@@ -6,6 +6,7 @@
                                                     # transformers' own continuous batching beside the book's engine
     python -m tools.bench attention --out figures/h200_attention.json   # the paged kernel's bandwidth
     python -m tools.bench memory --out figures/fixed_memory_w1.json   # requests running in a fixed KV memory
+    python -m tools.bench latency --out figures/cpu_latency.json --figure figures/cpu_latency.png   # under load
     python -m tools.bench profile --out figures/h200_profile_ch05.json   # where the GPU time goes, by kernel
     python -m tools.bench report                 # figures/*.png and the README's results, from the JSON
 """
@@ -241,6 +242,78 @@ def bench_fixed_memory(argv):
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
 
 
+LATENCY_CHAPTERS = ["ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled"]
+
+
+def bench_latency(argv):
+    """Latency under load: the same requests arriving at a sweep of rates (a Poisson process, seeded), each
+    chapter's TTFT, TPOT and end-to-end percentiles and its throughput at each rate, and the largest rate it
+    sustains within the SLO (its goodput)."""
+    from minigpt import plots
+    from minigpt.cli import chapter_module
+    from minigpt.metrics import latency_summary
+
+    p = argparse.ArgumentParser(prog="python -m tools.bench latency", description=bench_latency.__doc__)
+    add_common_arguments(p)
+    p.add_argument("--chapters", default=",".join(LATENCY_CHAPTERS), help="comma-separated chapters")
+    p.add_argument("--rates", default="5,10,20,40,80", help="requests a second, comma-separated")
+    p.add_argument("--burst", type=positive_int, default=1, help="requests arriving together")
+    p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE")
+    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO: TTFT p90 at most this many seconds")
+    p.add_argument("--slo-tpot", type=float, default=0.05, help="SLO: TPOT p90 at most this many seconds")
+    p.add_argument("--out", default=None, help="write the sweep as JSON here")
+    p.add_argument("--figure", default=None, help="draw p90 TTFT and TPOT against the rate here (PNG)")
+    args = p.parse_args(argv)
+    set_threads(args.device, args.threads)
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError:
+        p.error(f"--rates: expected numbers separated by commas, got {args.rates!r}")
+    chapters = args.chapters.split(",")
+    if unknown := [c for c in chapters if c not in CHAPTERS]:
+        p.error(f"--chapters: unknown {', '.join(unknown)}; choose from {', '.join(CHAPTERS)}")
+    workload = get_workload(args.workload)
+    model = from_config(args.preset or workload.preset, device=args.device, dtype=default_dtype(args.device))
+    options = {}
+    for chapter, option in args.option:
+        options.setdefault(chapter, {}).update(option)
+    rows = []
+    for chapter in chapters:
+        generate, opts = chapter_module(chapter).generate, options.get(chapter, {})
+        generate(model, workload.requests(model.config.vocab_size, 8), **opts)  # warm-up: compile, first shapes
+        for rate in rates:
+            requests = workload.requests(model.config.vocab_size, args.requests, rate=rate, burst=args.burst)
+            completions = generate(model, requests, **opts)
+            wall = max(c.token_times[-1] for c in completions if c.token_times)
+            rows.append({"chapter": chapter, "rate": rate, "burst": args.burst, "requests": len(requests),
+                         "tokens_per_s": sum(len(c.tokens) for c in completions) / wall,
+                         **latency_summary(completions)})
+            r = rows[-1]
+            console.print(f"{chapter} at {rate:g} req/s: TTFT p90 {r['ttft']['p90'] * 1e3:,.0f} ms, TPOT p90 "
+                          f"{r['tpot']['p90'] * 1e3:,.1f} ms, {r['tokens_per_s']:,.0f} tokens/s", highlight=False)
+    slo = {"ttft_p90_s": args.slo_ttft, "tpot_p90_s": args.slo_tpot}
+    for chapter, rate in goodput(rows, slo).items():
+        console.print(f"{chapter}: sustains {rate:g} req/s within the SLO" if rate else
+                      f"{chapter}: misses the SLO at every rate tried", highlight=False)
+    data = {"command": "python -m tools.bench latency " + shlex.join(argv), "environment": environment(),
+            "workload": workload.name, "preset": model.config.name, "slo": slo, "results": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+    if args.figure:
+        plots.latency_vs_rate(rows, slo, goodput(rows, slo), args.figure,
+                              f"{workload.name} on {args.device}: latency under load")
+    return data
+
+
+def goodput(rows: list[dict], slo: dict) -> dict[str, float]:
+    """Each chapter's largest rate tried whose p90 TTFT and TPOT are both within the SLO (0: none)."""
+    best = {}
+    for r in rows:
+        ok = r["ttft"]["p90"] <= slo["ttft_p90_s"] and r["tpot"]["p90"] <= slo["tpot_p90_s"]
+        best[r["chapter"]] = max(best.get(r["chapter"], 0.0), r["rate"] if ok else 0.0)
+    return best
+
+
 def kernel_kind(name: str) -> str:
     """A rough class of a CUDA kernel, by its name."""
     n = name.lower()
@@ -467,6 +540,8 @@ def main(argv=None):
         return bench_attention(argv[1:])
     if argv[:1] == ["memory"]:
         return bench_fixed_memory(argv[1:])
+    if argv[:1] == ["latency"]:
+        return bench_latency(argv[1:])
     if argv[:1] == ["profile"]:
         return bench_profile(argv[1:])
     if argv[:1] == ["report"]:

@@ -1,0 +1,51 @@
+"""Requests arriving over time: reproducible arrivals, nothing served before it arrives, TTFT from arrival,
+the same tokens as chapter 1, and the latency sweep's goodput."""
+import importlib
+import math
+
+import pytest
+
+import minigpt
+from chapters import ch01_naive
+from minigpt.metrics import latency_summary, percentiles
+from minigpt.workloads import poisson_arrivals
+from tools.bench import goodput
+
+
+def test_arrivals_are_reproducible_from_the_seed_and_keep_the_requests():
+    w = minigpt.get_workload("W1-small")
+    a, b = w.requests(1024, 16, rate=20.0), w.requests(1024, 16, rate=20.0)
+    assert [r.arrival_time for r in a] == [r.arrival_time for r in b]
+    assert [r.arrival_time for r in a] != [r.arrival_time for r in w.requests(1024, 16, rate=20.0, seed=1)]
+    assert [r.prompt_ids for r in a] == [r.prompt_ids for r in w.requests(1024, 16)]  # every rate: same requests
+    times = [r.arrival_time for r in a]
+    assert times[0] == 0.0 and times == sorted(times) and len(set(times)) == 16
+
+
+def test_poisson_gaps_have_the_rate_asked_for_and_bursts_arrive_together():
+    times = poisson_arrivals(4000, rate=50.0)
+    assert math.isclose(len(times) / times[-1], 50.0, rel_tol=0.08)
+    bursty = poisson_arrivals(12, rate=50.0, burst=4)
+    assert bursty[:4] == [0.0] * 4 and len(set(bursty)) == 3
+    with pytest.raises(ValueError, match="rate must be a positive number"):
+        poisson_arrivals(3, rate=float("nan"))
+
+
+@pytest.mark.parametrize("chapter", ["ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled"])
+def test_under_load_no_request_starts_before_it_arrives_and_tokens_equal_chapter1(chapter):
+    model = minigpt.from_config("tiny")
+    requests = minigpt.get_workload("W1-small").requests(model.config.vocab_size, 10, rate=200.0, burst=2)
+    out = importlib.import_module(f"chapters.{chapter}").generate(model, requests)
+    for r, c in zip(requests, out):
+        assert c.arrival == r.arrival_time and c.token_times[0] >= r.arrival_time
+        assert c.ttft == pytest.approx(c.token_times[0] - r.arrival_time)  # from its arrival, not the run's start
+    assert [c.tokens for c in out] == [c.tokens for c in ch01_naive.generate(model, requests)]
+    summary = latency_summary(out)
+    assert 0 < summary["ttft"]["p50"] <= summary["ttft"]["p90"] <= summary["latency"]["p99"]
+
+
+def test_percentiles_and_goodput():
+    assert percentiles([3, 1, 2, float("nan")]) == {"p50": 2, "p90": 3, "p99": 3}
+    rows = [{"chapter": "a", "rate": r, "ttft": {"p90": t}, "tpot": {"p90": 0.01}} for r, t in ((1, 0.1), (2, 0.5), (4, 3.0))]
+    rows.append({"chapter": "b", "rate": 1, "ttft": {"p90": 2.0}, "tpot": {"p90": 0.01}})
+    assert goodput(rows, {"ttft_p90_s": 1.0, "tpot_p90_s": 0.05}) == {"a": 2, "b": 0.0}
