@@ -20,9 +20,8 @@
 # join and leave the batch at every step, how a long prompt is prefilled in chunks beside other
 # requests' decode steps, and what reserving KV memory per request costs.
 #
-# Chapter 2 lost time twice: on pad tokens, and on rows that had finished but had to wait for the
-# batch's slowest member (its measurement shows how much of each). Both come from the rectangle. Drop
-# it:
+# Chapter 2 lost time on pad tokens, and on finished rows that wait for the batch's slowest member. Both
+# come from the rectangle. Drop it:
 #
 # * **ragged batches**: the model already takes a flat list of tokens. Put every running request's
 #   new tokens in it, back to back: a decoding request brings 1 token, a prefilling one a chunk of its
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 
 from minigpt import (Clock, Completion, Completions, ModelConfig, Request, Sampler, finish_reason,
                      max_total_len, start_requests, token_progress, zeros_kv_cache)
-from minigpt.attention import causal_attention
+from minigpt.attention import causal_attention, packed_attention, prefill_mask, use_varlen, varlen_attention
 from minigpt.options import check_choice, check_int, make_engine
 
 # %% [markdown]
@@ -195,13 +194,13 @@ class SlotCache:
 #   the slot tensor *as it is* (a view, no copy), each slot masked to its own length. Grouped-query
 #   attention costs nothing extra: the `G = heads / kv_heads` query heads that share a KV head become
 #   `G` query rows of that head.
-# ![One step of a tiny run: the flat batch and the prompt chunks' mask](../figures/idea_ragged_batch.png)
-#
 # * **prompt chunks**, all in one call too: on the CPU (and in float32) one masked SDPA over their
-#   packed contexts, the mask keeping each chunk to its own sequence. That computes a full
-#   (tokens x context) score matrix, most of it masked: for 8192 prompt tokens from 14 prompts, 14x
-#   the useful work. On a GPU in half precision, FlashAttention's *variable-length* kernel (PyTorch
-#   ships it) computes only each chunk's own block, told where they start by cumulative lengths.
+#   packed contexts (`packed_attention`), the mask keeping each chunk to its own sequence; most of its
+#   (tokens x context) scores are masked: 14 prompts in one step do 14x the useful work. On a GPU in half
+#   precision, FlashAttention's *variable-length* kernel (`varlen_attention`) computes only each chunk's
+#   own block. Both live in `minigpt/attention.py`.
+#
+# ![One step of a tiny run: the flat batch and the prompt chunks' mask](../figures/idea_ragged_batch.png)
 
 # %%
 @dataclass
@@ -221,35 +220,6 @@ class Batch:
     context_rows: torch.Tensor | None = None  # cache rows of each prompt chunk's positions 0 .. start+n-1, packed
     prefill_mask: torch.Tensor | None = None  # (T - num_decode, len(context_rows)): which context each token sees
     prefill_varlen: tuple | None = None  # instead of the mask: (cu_q, cu_k, max_q, max_k), below
-
-
-def packed_attention(q, k, v, mask):
-    """q: (T, H, D) over k, v: (S, Hkv, D), mask: (T, S) -> (T, H, D). Heads are repeated for grouped-query
-    attention: PyTorch's fused kernels that take a mask do not take groups."""
-    G = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                         attn_mask=mask[None, None])
-    return out[0].transpose(0, 1)
-
-
-def use_varlen(device: torch.device, dtype: torch.dtype) -> bool:
-    """FlashAttention runs on CUDA GPUs in half precision only."""
-    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-
-
-def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
-    """packed_attention's result from FlashAttention-2's variable-length kernel. Chunk i's queries are rows
-    cu_q[i] .. cu_q[i+1]-1 of q, its context rows cu_k[i] .. cu_k[i+1]-1 of k, v (int32 offsets). Causal
-    is aligned at the bottom right: a chunk's last query sees its whole context, its earlier ones one
-    less each, as a chunk that starts mid-prompt needs. (The public `torch.nn.attention.varlen` wraps
-    this op, with arguments that differ between PyTorch releases.)"""
-    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False)[0]
-
-
-def prefill_mask(q_chunk, q_pos, ctx_chunk, ctx_pos):
-    """(T, S): query token i sees context entry j when both belong to the same chunk and j is not later."""
-    return (q_chunk[:, None] == ctx_chunk[None, :]) & (ctx_pos[None, :] <= q_pos[:, None])
 
 
 class PackedAttention:
@@ -450,28 +420,29 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # attention paths give chapter 1's greedy tokens exactly (float32, CPU).
 
 # %%
-def check_against_chapter1(model, requests: list[Request], **options) -> int:
-    from chapters import ch01_naive
-    from minigpt.reference import assert_same_tokens
-
-    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
-
-
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt import from_config, get_workload
 
+    from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
+
     demo_model = from_config("tiny")
     demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
-    print(f"{check_against_chapter1(demo_model, demo, max_batch_tokens=64)} tokens equal chapter 1's")
+    print(assert_same_tokens(generate, ch01_naive.generate, demo_model, demo, max_batch_tokens=64), "tokens equal")
 
 # %% [markdown]
 # ## The measurement
 #
-# `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests. Besides
-# throughput, look at `kv_utilisation`: the share of the reserved slot memory that held keys and values,
-# averaged over the run. A slot is as long as the longest request may grow, and a request uses its full
-# length only at its very last step, so on W1 most of the reserved memory holds nothing. The cell below
-# prints the H200's committed run, chapters 1-3 on the same requests.
+# `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests (the cell below
+# prints the H200's committed run). Look at the KV memory line: a slot is as long as the longest request
+# may grow, and a request fills it only at its last step, so most of the reserved memory holds nothing.
+#
+# Under load (`--rate 40`: requests arrive over time, 40 a second), continuous batching changes what a
+# user feels most: a request joins at the next step instead of waiting for a batch to form and finish,
+# so its time to first token stays near one step's time until the engine saturates.
+# `python -m tools.bench latency` sweeps the rate for chapters 2-6:
+#
+# ![TTFT and TPOT against the request rate on this CPU](../figures/cpu_latency.png)
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():

@@ -21,14 +21,10 @@
 # straight back on the GPU, and CUDA graphs for decode steps.
 #
 # Chapter 4's step is: schedule, prepare inputs, copy them over, run the model, sample, copy the tokens
-# back, update. Only the middle runs on the GPU; during everything else it waits for the CPU, and the CPU
-# waits for it at `.tolist()`. In the run that inspired this chapter (an 8B model, 32 requests of 8K
-# tokens), that idle time was 24% of the wall clock.
-#
-# The tokens of step N are needed to *update* the requests, but not to *schedule* step N+1: which
-# requests run and how many tokens each brings is known before the tokens' values are. So the CPU can
-# prepare step N+1 while the GPU computes step N, if we guard the six hazards that opens (each guard below
-# says which it is):
+# back, update. Only the middle runs on the GPU; the rest of the time it waits for the CPU (24% of the wall
+# clock in the 8B run that inspired this chapter). Yet the tokens of step N are needed to *update* the
+# requests, not to *schedule* step N+1. So the CPU can prepare step N+1 while the GPU computes step N, if
+# we guard the six hazards that opens (each guard below says which it is):
 #
 # 1. inputs are written into one of **two slots** of pinned host and device buffers; an event says when
 #    a slot's last copy and last use are done, and only then is it written again;
@@ -42,85 +38,38 @@
 # 6. decode steps replay **CUDA graphs** that read fixed addresses: each slot's device buffer is the graph's
 #    input, written in place, never rebound.
 #
-# On the CPU there are no streams, but the idea still shows: the step's model work runs on a *worker
-# thread*, which runs what is queued on it in order, as a stream does, while the main thread prepares the
-# next step (PyTorch's CPU kernels release Python's lock while they compute). Every guard's logic runs
-# there too, and the tests exercise it; the GPU adds streams, graphs and the real timing.
+# On the CPU the model's work runs on a *worker thread*, in order, as a stream runs kernels, while the main
+# thread prepares the next step; every guard's logic runs there and the tests exercise it. The GPU adds
+# streams, graphs and the real timing (`minigpt/streams.py` has the CPU's stand-ins).
 
 # %%
 from __future__ import annotations
 
-import contextlib
 import gc
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from chapters import ch04_paged
-from chapters.ch03_continuous import Batch, Chunk, Sequence, prefill_mask
+from chapters.ch03_continuous import Batch, Chunk, Sequence
 from chapters.ch04_paged import PagedEngine
 from minigpt import Completions, Request, finish_reason
+from minigpt.attention import paged_prompt_layout
 from minigpt.metrics import decode_phase, gpu_busy, stage
-from minigpt.options import check_bool, check_int, check_number, make_engine
+from minigpt.options import check_bool, check_int, make_engine
+from minigpt.streams import StepTimeline, WorkerEvent, new_event, on, wait  # CUDA's, or their CPU stand-ins
 
 PENDING = -1  # a token whose value the GPU has not told us yet
-
-# %% [markdown]
-# ## Streams and events that are no-ops on the CPU
-
-# %%
-class HostEvent:
-    """A CUDA event's stand-in on the CPU, where work is done when the call returns: recording notes the
-    time (seconds, `time.perf_counter`), and there is nothing to wait for."""
-
-    time = 0.0
-
-    def record(self, stream=None):
-        self.time = time.perf_counter()
-
-    def synchronize(self): ...
-
-
-def new_event(cuda: bool, timing: bool = False):
-    return torch.cuda.Event(enable_timing=timing) if cuda else HostEvent()
-
-
-def on(stream):
-    """`with on(stream):` queues the work that follows on `stream` (nothing to do on the CPU)."""
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
-def wait(stream, event):
-    """Queue a wait for `event` on `stream`; with no stream (the CPU), wait for it here."""
-    if stream is not None:
-        stream.wait_event(event)
-    else:
-        event.synchronize()
-
-
-class WorkerEvent:
-    """On the CPU, the end of a step queued on the worker thread (below): `synchronize()` waits for it and
-    raises what it raised."""
-
-    def __init__(self, future):
-        self.future = future
-
-    def synchronize(self):
-        self.future.result()
-
 
 # %% [markdown]
 # ![Two slots and three streams over six steps of W1 on the H200](../figures/idea_two_slots.png)
 #
 # ## A slot: one step's inputs and outputs, on both sides
 #
-# Every integer a step needs (the `FIELDS` below, then the block tables) is packed into one int64
-# buffer, so that one copy moves it all. Two slots alternate: step N uses slot N % 2. Three events guard
-# a slot:
+# Every integer a step needs (the `FIELDS`, then the block tables) is packed into one int64 buffer, so that
+# one copy moves it all. Two slots alternate: step N uses slot N % 2. Three events guard a slot:
 #
 # * `copied`: the host-to-device copy is done, so the pinned host buffer may be rewritten (hazard 5);
 # * `consumed`: the forward that read the device inputs is done, so the next copy may overwrite them (1);
@@ -180,17 +129,15 @@ class AsyncEngine(PagedEngine):
     name = "ch05_async"
 
     def __init__(self, model, use_async: bool = True, cuda_graphs: bool = True, max_graph_batch: int = 256,
-                 jitter: float = 0.0, **options):
+                 **options):
         super().__init__(model, **options)
         if self.reference:
             raise ValueError(f"{self.name}: runs the batched attention only; use chapter 4 for attention='reference'")
         self.use_async = check_bool(self.name, "use_async", use_async)
         self.use_graphs = check_bool(self.name, "cuda_graphs", cuda_graphs) and self.device.type == "cuda"
         max_graph_batch = check_int(self.name, "max_graph_batch", max_graph_batch)
-        self.jitter = check_number(self.name, "jitter", jitter, 0.0, 1.0, low_allowed=True)  # random delays that shake races out
         self.cuda = self.device.type == "cuda"
         self.graph_sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= max_graph_batch]
-        self.rng = random.Random(0)
 
     def generate(self, requests: list[Request]) -> Completions:
         try:
@@ -201,7 +148,6 @@ class AsyncEngine(PagedEngine):
                 self.worker.shutdown(wait=True)
             gc.unfreeze()
 
-    # ----- one-time setup: scratch block, tables, streams, slots, graphs ---------------------------------
     def pool_blocks(self, requests) -> int:
         return super().pool_blocks(requests) + 1  # one more block: scratch space, below
 
@@ -225,24 +171,19 @@ class AsyncEngine(PagedEngine):
         self.in_flight: list[AsyncBatch] = []  # launched, tokens not yet handed out
         self.carry_row: dict[int, int] = {}  # request index -> the output row of its newest, PENDING token
         self.retired: set[int] = set()  # request indices no longer scheduled
-        self.done: list[tuple[dict, tuple]] = []  # resolved steps' (host times, CUDA events), for the timeline
-        self.ref = None  # the GPU clock's zero, recorded at the first step
+        self.timeline = StepTimeline(self.cuda)  # each step's times, for the figures
         self.steps = 0
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        t = time.perf_counter()
         if self.use_graphs:
             self.attention = attention  # capture runs the model, which calls it
             with stage(f"capturing {2 * len(self.graph_sizes)} CUDA graphs", self.progress):
                 self.capture_graphs()
-        self.setup_s = time.perf_counter() - t
-        # Python's garbage collector, when it runs a full collection, walks every live object: after capturing
-        # graphs (or compiling), hundreds of thousands, for tenths of a second while the GPU runs dry. Freezing
-        # them out of its sight (they live until the run ends anyway) leaves it only this run's new objects.
+        # A full collection walks every live object: after capturing (or compiling), hundreds of thousands, for
+        # tenths of a second while the GPU runs dry. Frozen out of its sight, they live until the run ends.
         gc.collect()
         gc.freeze()
         return attention
 
-    # ----- prepare: lists -> one slot's pinned buffer -> device (copy stream) ----------------------------
     def prepare(self, chunks: list[Chunk]) -> AsyncBatch:
         slot = self.slots[self.steps % 2]  # step N uses slot N % 2
         self.steps += 1
@@ -308,80 +249,53 @@ class AsyncEngine(PagedEngine):
                           tables=tables, lens=view["lens"], num_tokens=view["num_tokens"],
                           prompt_chunks=view["prompt_chunks"], **rest)
 
-    # ----- launch: the GPU's part of a step, queued without waiting --------------------------------------
     @torch.inference_mode()
     def launch(self, batch: AsyncBatch):
         slot = batch.slot
         previous = self.slots[1 - self.slots.index(slot)]  # step N-1's slot: its outputs feed the placeholders
+        batch.events = self.timeline.events(self.compute, self.clock)  # (start, end) around its device work
         if self.worker:  # the CPU: queue the step on the worker; its end guards the slot (hazards 1 and 5)
-            slot.consumed = slot.fetched = WorkerEvent(self.worker.submit(self.run_on_worker, batch, slot, previous))
+            slot.consumed = slot.fetched = WorkerEvent(self.worker.submit(self.compute_step, batch, slot, previous))
             return
-        start, end = new_event(self.cuda, timing=True), new_event(self.cuda, timing=True)
         with on(self.compute):
             wait(self.compute, slot.copied)  # the inputs are on the device
             wait(self.compute, slot.fetched)  # this slot's previous tokens are copied out: its output is free
-            if self.jitter and self.cuda:  # tests: a random GPU-side delay
-                torch.cuda._sleep(int(self.rng.random() * self.jitter * 1e9))
-            start.record()
-            self.run_model(batch, slot, previous)
-            end.record()
+            self.compute_step(batch, slot, previous)
             slot.consumed.record()
-        wait(self.copy_out, end)
+        wait(self.copy_out, batch.events[1])
         with on(self.copy_out):
             n = len(batch.sampled)
             slot.out_host[:n].copy_(slot.out_device[:n], non_blocking=True)
             slot.fetched.record()
-        batch.events = (start, end)
 
-    def run_model(self, batch: AsyncBatch, slot: Slot, previous: Slot):
+    @torch.inference_mode()  # (a thread's own setting: on the CPU the worker thread runs this)
+    def compute_step(self, batch: AsyncBatch, slot: Slot, previous: Slot):
+        """The step's model work, between its start and end events; on the CPU's worker, the copy out too."""
+        batch.events[0].record()
         if batch.graph_size and self.use_graphs:
             self.graphs[(batch.graph_size, self.slots.index(slot))].replay()  # hazard 6: inputs in place
         else:  # eager; on the CPU, padded decode steps too, so the tests run the graphs' padded layout
             self.prefill_layout(batch)
             self.forward_and_sample(batch, slot, previous, greedy=batch.graph_size > 0)
-
-    @torch.inference_mode()  # (a thread's own setting: the worker sets it for itself)
-    def run_on_worker(self, batch: AsyncBatch, slot: Slot, previous: Slot):
-        """The step's model work and the copy of its tokens, on the worker thread; its times for the timeline."""
-        start, end = HostEvent(), HostEvent()
-        if self.jitter:  # tests: a random delay on the worker's side
-            time.sleep(self.rng.random() * self.jitter)
-        start.record()
-        self.run_model(batch, slot, previous)
-        end.record()
-        slot.out_host[: len(batch.sampled)] = slot.out_device[: len(batch.sampled)]
-        batch.events = (start, end)
+        batch.events[1].record()
+        if self.worker:
+            slot.out_host[: len(batch.sampled)] = slot.out_device[: len(batch.sampled)]
 
     def prefill_layout(self, batch: AsyncBatch):
-        """Chapter 3's packed prompt context (cache rows; mask or varlen offsets), built on the GPU from the
-        tables and lengths already copied over: no list crosses to the device outside the slot's one copy."""
-        if not batch.prompt_sizes:
-            return
-        num_chunks = len(batch.prompt_sizes)
-        tokens, context = sum(n for n, _ in batch.prompt_sizes), sum(c for _, c in batch.prompt_sizes)
-        which, bs = batch.prompt_chunks, self.block_size
-        chunk = torch.arange(num_chunks, device=self.device)
-        ctx_len = batch.lens[which]
-        ctx_chunk = torch.repeat_interleave(chunk, ctx_len, output_size=context)  # (S,) sizes known: no sync
-        ctx_pos = torch.arange(context, device=self.device) - (ctx_len.cumsum(0) - ctx_len)[ctx_chunk]
-        batch.context_rows = batch.tables[which][ctx_chunk, ctx_pos // bs] * bs + ctx_pos % bs
-        if self.varlen:
-            cu = lambda lens: F.pad(lens.cumsum(0), (1, 0)).int()  # noqa: E731
-            batch.prefill_varlen = (cu(batch.num_tokens[which]), cu(ctx_len), max(n for n, _ in batch.prompt_sizes),
-                                    max(c for _, c in batch.prompt_sizes))
-        else:
-            q_chunk = torch.repeat_interleave(chunk, batch.num_tokens[which], output_size=tokens)
-            batch.prefill_mask = prefill_mask(q_chunk, batch.positions[batch.num_decode:], ctx_chunk, ctx_pos)
+        """Chapter 3's packed prompt context, built on the GPU from the tables and lengths already copied over:
+        no list crosses to the device outside the slot's one copy."""
+        if batch.prompt_sizes:
+            which = batch.prompt_chunks
+            batch.context_rows, batch.prefill_mask, batch.prefill_varlen = paged_prompt_layout(
+                batch.tables[which], batch.lens[which], batch.num_tokens[which], batch.positions[batch.num_decode:],
+                batch.prompt_sizes, self.block_size, self.varlen)
 
     def forward_and_sample(self, batch: AsyncBatch, slot: Slot, previous: Slot, greedy: bool):
         # Hazard 2: placeholders take the token the previous step sampled into its output row.
         ids = torch.where(batch.carry_from >= 0, previous.out_device[batch.carry_from.clamp(min=0)], batch.input_ids)
         self.attention.batch = batch
         logits = self.model(ids, batch.positions, self.attention, logits_at=batch.logits_at)
-        if greedy:
-            tokens = logits.argmax(-1)
-        else:
-            tokens = self.sampler(logits, [s.index for s in batch.sampled])
+        tokens = logits.argmax(-1) if greedy else self.sampler(logits, [s.index for s in batch.sampled])
         slot.out_device[: len(tokens)] = tokens
 
     def capture_graphs(self):
@@ -405,7 +319,6 @@ class AsyncEngine(PagedEngine):
                 self.graphs[(size, i)] = graph
         torch.cuda.synchronize()
 
-    # ----- commit and resolve: the CPU's bookkeeping, before and after the tokens are known --------------
     def commit(self, batch: AsyncBatch):
         """Everything that needs no token value: run now, while the GPU computes."""
         for ch in batch.chunks:
@@ -440,8 +353,8 @@ class AsyncEngine(PagedEngine):
         batch.host_times["resolved"] = self.clock.now()
         # Keep what the timeline needs, not the batch: its ~200 objects a step (a chunk per request...) would
         # pile up for Python's garbage collector to walk, 200,000 by the end of W1.
-        self.done.append(({**batch.host_times, "graph": batch.graph_size, "decode": not batch.prompt_sizes,
-                           "tokens": sum(ch.n for ch in batch.chunks)}, batch.events))
+        self.timeline.add({**batch.host_times, "graph": batch.graph_size, "decode": not batch.prompt_sizes,
+                           "tokens": sum(ch.n for ch in batch.chunks)}, batch.events)
 
     def retire(self, seq: Sequence):
         """Stop scheduling `seq` and free its blocks, exactly once (hazard 3). Reuse of the blocks is safe
@@ -454,18 +367,11 @@ class AsyncEngine(PagedEngine):
         elif seq in self.scheduler.waiting:  # preempted, its blocks already freed
             self.scheduler.waiting.remove(seq)
 
-    # ----- the step -------------------------------------------------------------------------------------
     def has_work(self) -> bool:
         return self.scheduler.has_work() or bool(self.in_flight)
 
     def step(self):
-        if self.ref is None:  # the GPU clock's zero, matched to the host clock's
-            self.ref, self.ref_host = new_event(self.cuda, timing=True), self.clock.now()
-            with on(self.compute):
-                self.ref.record()
         t0 = self.clock.now()
-        if self.jitter:  # tests: a random CPU-side delay
-            time.sleep(self.rng.random() * self.jitter)
         chunks = self.scheduler.schedule()
         if not chunks and not self.in_flight:  # work waits, yet nothing can run: it would loop here for ever
             raise RuntimeError(f"{self.name}: no request could be scheduled ({len(self.scheduler.waiting)} waiting)")
@@ -482,84 +388,58 @@ class AsyncEngine(PagedEngine):
             self.resolve(self.in_flight.pop(0))
 
     def summary(self) -> dict:
-        stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs,
-                 "setup_s": self.setup_s}
-        if not self.done:
+        stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs}
+        if not self.timeline.steps:
             return stats
-        if self.cuda:  # the GPU's times, from its events, on the host clock
-            torch.cuda.synchronize()
-            spans = [(self.ref.elapsed_time(start) / 1e3 + self.ref_host, self.ref.elapsed_time(end) / 1e3 + self.ref_host)
-                     for _, (start, end) in self.done]
-        else:  # the times the CPU's model work began and ended, on the run's clock
-            spans = [(start.time - self.clock.start, end.time - self.clock.start) for _, (start, end) in self.done]
-        timeline = [{**times, "gpu_start": start, "gpu_end": end} for (times, _), (start, end) in zip(self.done, spans)]
+        timeline = self.timeline.seconds()
         stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
         return stats
 
 
 def generate(model, requests: list[Request], **options) -> Completions:
-    """Chapter 5's engine. Options: use_async (bool), cuda_graphs (bool), max_graph_batch, jitter, and
-    chapter 4's (block_size, num_blocks, max_batch_tokens, max_seqs, ...)."""
+    """Chapter 5's engine. Options: use_async, cuda_graphs, max_graph_batch, and chapter 4's."""
     return make_engine(AsyncEngine, model, options).generate(requests)
 
 
 # %% [markdown]
 # ## The check: async equals sync equals chapter 1
 #
-# Overlap must change when tokens are computed, never which. On the CPU the loop runs in order but
-# every guard's bookkeeping (placeholders, dropped extra tokens, retiring once, padded graph rows) runs.
+# Overlap must change when tokens are computed, never which: both ways, every token equals chapter 1's.
 
 # %%
-def check_against_chapter1(model, requests: list[Request], **options) -> int:
-    from chapters import ch01_naive
-    from minigpt.reference import assert_same_tokens
-
-    for use_async in (False, True):
-        n = assert_same_tokens(generate, ch01_naive.generate, model, requests, use_async=use_async, **options)
-    return n
-
-
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt import from_config, get_workload
 
+    from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
+
     demo_model = from_config("tiny")
     demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
-    print(f"{check_against_chapter1(demo_model, demo, num_blocks=12, max_batch_tokens=64)} tokens equal chapter 1's")
+    for flag in (False, True):
+        n = assert_same_tokens(generate, ch01_naive.generate, demo_model, demo, use_async=flag, num_blocks=12)
+        print(f"use_async={flag}: {n} tokens equal chapter 1's")
 
 # %% [markdown]
 # ## The measurement
 #
-# `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async`
-# runs the same engine synchronously and asynchronously on the same requests, with the fraction of the
-# wall time the GPU was busy (CUDA events recorded around each step's GPU work); the cell below prints the
-# H200's committed runs of W2 (the 8B shape, 32 requests of 8192 new tokens) and of W1. The synchronous
-# loop leaves the GPU idle between steps while the CPU reads the tokens back and prepares the next step;
-# asynchronously the gaps close, and the run is shorter by what they added up to. The gain is largest
-# where steps are short (W1's 0.6B model, about 7 ms a step) and smallest where they are long (W2's 8B
-# model, about 11 ms): the CPU's share of a step is about the same in both. `figures/async_timeline_w1.png`
-# draws twenty steps of W1, sync above async.
-
-# %% [markdown]
-# On the CPU, the cell below runs the same requests both ways and draws twenty steps of each: in the
-# asynchronous run the worker thread computes step N while the main thread prepares step N+1. The overlap
-# shows; the gain in wall time is small, and that is the limit of a CPU: PyTorch's kernels release Python's
-# lock while they compute, but launching each one is Python, and the tiny model's steps are mostly
-# launching. The main thread's preparation waits for the lock as the GPU's launches never would.
+# `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async` runs
+# the engine both ways on the same requests and records when the GPU was busy (CUDA events around each
+# step). The cell below prints the H200's committed runs: asynchronously the gaps between steps close, and
+# the gain is largest where steps are short (W1, about 7 ms) and smaller where they are long (W2's 8B model,
+# about 11 ms). Then it runs this CPU both ways and draws twenty steps of each: the worker computes step N
+# while the main thread prepares N+1. The wall time barely moves, the limit of a CPU: kernels release
+# Python's lock while they compute, but launching each is Python, and a tiny model's step is mostly that.
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt import plots
-
-    runs = {name: generate(demo_model, demo, use_async=flag).stats["timeline"] for name, flag in
-            (("sync", False), ("async", True))}
-    plots.async_timeline(runs, None, "chapter 5 on this CPU, steps 10-29", first=10, device="model")
-
-# %%
-if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
     show_committed("h200_w2.json", "W2 on one H200 (committed data)")
     show_committed("h200_w1_arc.json", "W1 on one H200 (committed data)", ["ch05_async@use_async=false", "ch05_async"])
+    runs = {name: generate(demo_model, demo, use_async=flag).stats["timeline"] for name, flag in
+            (("sync", False), ("async", True))}
+    plots.async_timeline(runs, None, "chapter 5 on this CPU, steps 10-29", first=10, device="model")
 
 # %% [markdown]
 # ## Exercises

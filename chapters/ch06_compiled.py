@@ -215,19 +215,15 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # inductor, without generating kernels, so it runs in seconds. The tokens must not change.
 
 # %%
-def check_against_chapter1(model, requests: list[Request], **options) -> int:
-    from chapters import ch01_naive
-    from minigpt.reference import assert_same_tokens
-
-    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
-
-
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt import from_config, get_workload
 
     demo_model = from_config("tiny")
     demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
-    n = check_against_chapter1(demo_model, demo, compile="aot_eager", num_blocks=12, max_batch_tokens=64)
+    from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
+
+    n = assert_same_tokens(generate, ch01_naive.generate, demo_model, demo, compile="aot_eager", num_blocks=12)
     print(f"{n} tokens equal chapter 1's, the model traced around the attention op")
 
 # %% [markdown]

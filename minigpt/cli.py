@@ -11,7 +11,9 @@ from rich.markup import escape
 
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
-from .metrics import RunResult, console, describe, results_table, save_results, stage
+from rich.table import Table
+
+from .metrics import RunResult, console, describe, latency_summary, results_table, save_results, stage
 from .config import PRESETS
 from .workloads import WORKLOADS, get_workload
 
@@ -48,6 +50,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 and finite, got {text}")
+    return value
+
+
 def set_threads(device: str, threads: int | None) -> int:
     """The number of CPU threads PyTorch computes with: fixed, so that CPU timings repeat. On a busy
     machine PyTorch's default (one per core) lets threads wait on each other and timings swing 10x."""
@@ -66,6 +79,9 @@ def add_common_arguments(p: argparse.ArgumentParser):
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="model shape (default: the workload's; tiny for the small ones)")
     p.add_argument("--requests", type=positive_int, default=None, help="run only the first N requests of the workload")
+    p.add_argument("--rate", type=positive_float, default=None,
+                   help="requests arrive over time, this many a second (Poisson, seeded); default: all at once")
+    p.add_argument("--burst", type=positive_int, default=1, help="with --rate: requests arriving together")
 
 
 def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
@@ -123,7 +139,7 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     if args.prompt:
         return run_text(chapter, model, tokenizer, args, engine_options)
     workload = get_workload(args.workload)
-    requests = workload.requests(model.config.vocab_size, args.requests)
+    requests = workload.requests(model.config.vocab_size, args.requests, rate=args.rate, burst=args.burst)
     chapters = CHAPTERS[: CHAPTERS.index(chapter) + 1] if args.compare else [chapter]
     results, tokens = [], {}
     for name in chapters:
@@ -147,6 +163,8 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
             console.print(f"{r.chapter}: {line}", highlight=False)
     if len(tokens) > 1:
         console.print(same_tokens(tokens), highlight=False)
+    if args.rate:
+        console.print(latency_table(results, f"latency (ms) at {args.rate:g} requests a second"))
     if args.device == "cpu":
         for before, after in zip(results, results[1:]):
             if after.tokens_per_s < 0.95 * before.tokens_per_s and after.chapter in SLOWER_ON_A_CPU:
@@ -165,6 +183,23 @@ SLOWER_ON_A_CPU = {
                   "placeholders and padded graph rows are pure bookkeeping",
     "ch06_compiled": "on a CPU chapter 6 does not compile (compile=auto), so it is chapter 5 plus noise",
 }
+
+
+LATENCY_COLUMNS = [("TTFT", "ttft", "p50"), ("TTFT", "ttft", "p90"), ("TPOT", "tpot", "p50"), ("TPOT", "tpot", "p90"),
+                   ("e2e", "latency", "p90")]
+
+
+def latency_table(results: list[RunResult], title: str) -> Table:
+    """What a user feels under load, in ms, a row per chapter: time to first token and per output token
+    (median and 90th percentile over the requests), and end to end (arrival to last token)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("chapter", no_wrap=True)
+    for name, _, q in LATENCY_COLUMNS:
+        table.add_column(f"{name} {q}", justify="right")
+    for r in results:
+        s = r.extra["latency"]
+        table.add_row(r.chapter, *(f"{s[key][q] * 1e3:,.0f}" for _, key, q in LATENCY_COLUMNS))
+    return table
 
 
 def same_tokens(tokens: dict[str, list[list[int]]]) -> str:
@@ -204,7 +239,8 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     note = f"first {len(requests)} requests" if len(requests) < get_workload(workload).num_requests else ""
     if len(runs) > 1:
         note = ", ".join(filter(None, [note, f"median of {len(runs)} runs ({min(walls):.2f}-{max(walls):.2f} s)"]))
-    extra = {**getattr(completions, "stats", {}), **({"walls_s": walls} if len(runs) > 1 else {})}
+    extra = {**getattr(completions, "stats", {}), **({"walls_s": walls} if len(runs) > 1 else {}),
+             "latency": latency_summary(completions)}
     return RunResult.from_completions(completions, wall, chapter=label or name, workload=workload,
                                       preset=model.config.name, device=model.device.type,
                                       dtype=str(model.dtype).removeprefix("torch."), note=note, extra=extra)

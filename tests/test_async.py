@@ -1,7 +1,9 @@
 """Chapter 5: async equals sync equals chapter 1, with preemption, early finishes, arrivals; GPU stress."""
 import random
+import time
 
 import pytest
+import torch
 
 import minigpt
 from chapters import ch01_naive, ch05_async
@@ -45,10 +47,11 @@ def test_timeline_from_the_kept_step_records(model, monkeypatch):
     engine = ch05_async.AsyncEngine(model, max_batch_tokens=16)
     requests = [Request(list(range(1, 40)), 6), Request([5, 6], 9)]
     engine.generate(requests)
-    steps = len(engine.done)
-    engine.done = [(times, (Event(i), Event(i + 0.5))) for i, (times, _) in enumerate(engine.done)]
-    engine.cuda, engine.ref, engine.ref_host = True, Event(0.0), 0.0
-    monkeypatch.setattr(ch05_async.torch.cuda, "synchronize", lambda: None)
+    kept = engine.timeline
+    steps = len(kept.steps)
+    kept.steps = [(times, (Event(i), Event(i + 0.5))) for i, (times, _) in enumerate(kept.steps)]
+    kept.cuda, kept.ref, kept.ref_host = True, Event(0.0), 0.0
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     timeline = engine.summary()["timeline"]
     assert len(timeline) == steps == len(engine.trace)
     assert [s["tokens"] for s in timeline] == [s["tokens"] for s in engine.trace]
@@ -94,19 +97,46 @@ def test_bad_input_and_too_big_request(model):
     assert out[1].finish_reason == "error" and len(out[0].tokens) == 5
 
 
+class JitteryEngine(ch05_async.AsyncEngine):
+    """Chapter 5's engine with random delays before each step on the CPU and before each step's model work
+    (on the GPU, a sleep queued on the compute stream; on the CPU, on the worker thread): races shake out."""
+
+    def __init__(self, model, jitter: float, **options):
+        super().__init__(model, **options)
+        self.jitter, self.rng = jitter, random.Random(0)
+
+    def step(self):
+        time.sleep(self.rng.random() * self.jitter)
+        super().step()
+
+    def compute_step(self, batch, slot, previous):
+        delay = self.rng.random() * self.jitter
+        torch.cuda._sleep(int(delay * 1e9)) if self.cuda else time.sleep(delay)
+        super().compute_step(batch, slot, previous)
+
+
+def stress(device: str, use_async: bool):
+    model = minigpt.from_config("tiny", device=device)
+    requests = random_workload(7, model.config.vocab_size) + minigpt.get_workload("W1-small").requests(1024, 16)
+    reference = [c.tokens for c in ch01_naive.generate(model, requests)]
+    for jitter in (0.0, 0.002):
+        out = JitteryEngine(model, jitter, use_async=use_async, num_blocks=60, max_batch_tokens=64).generate(requests)
+        assert [c.tokens for c in out] == reference
+        assert out.stats["decode_gpu_busy"] > 0
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_cpu_worker_with_random_delays_equals_chapter1(use_async):
+    """On the CPU the model's work runs on a worker thread: random delays on both threads change no token."""
+    stress("cpu", use_async)
+
+
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("use_async", [False, True])
 def test_gpu_stress_with_random_delays_equals_chapter1(use_async):
     """Random delays on the CPU and the GPU side shake out races; CUDA graphs and streams on."""
-    model = minigpt.from_config("tiny", device="cuda")
-    requests = random_workload(7, model.config.vocab_size) + minigpt.get_workload("W1-small").requests(1024, 16)
-    reference = [c.tokens for c in ch01_naive.generate(model, requests)]
-    for jitter in (0.0, 0.002):
-        out = ch05_async.generate(model, requests, use_async=use_async, jitter=jitter, num_blocks=60,
-                                  max_batch_tokens=64)
-        assert [c.tokens for c in out] == reference
-        assert out.stats["decode_gpu_busy"] > 0
+    stress("cuda", use_async)
 
 
 @cuda

@@ -81,6 +81,7 @@ def test_readme_results_are_generated_from_the_committed_json():
     assert bench.readme_results(readme) == bench.results_markdown(), "run `python -m tools.bench report`"
 
 
+@pytest.mark.slow  # the peer sizes its cache from free memory: a minute and most of the RAM on a CPU
 def test_bench_runs_the_transformers_peer_and_survives_its_failure(tmp_path):
     """transformers' continuous batching runs beside the chapters (synchronous on the CPU; its async mode
     needs CUDA, so there it fails with its reason and the bench goes on)."""
@@ -98,6 +99,7 @@ def test_bench_runs_the_transformers_peer_and_survives_its_failure(tmp_path):
     assert results["transformers_cb"]["output_tokens"] == results["ch01_naive"]["output_tokens"]  # EOS ignored
 
 
+@pytest.mark.slow
 def test_transformers_continuous_batching_gives_our_tokens():
     """The peer the bench measures against computes the same greedy tokens as chapter 1 (float32, CPU)."""
     import minigpt
