@@ -170,19 +170,15 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # chapter 1's (and so transformers'), whatever else shares its batch.
 
 # %%
-def check_against_chapter1(model, requests: list[Request], **options) -> int:
-    from chapters import ch01_naive
-    from minigpt.reference import assert_same_tokens
-
-    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
-
-
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt import from_config, get_workload
 
     demo_model = from_config("tiny")
     demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
-    print(f"{check_against_chapter1(demo_model, demo, batch_size=4)} tokens equal chapter 1's")
+    from chapters import ch01_naive
+    from minigpt.reference import assert_same_tokens
+
+    print(assert_same_tokens(generate, ch01_naive.generate, demo_model, demo, batch_size=4), "tokens equal chapter 1's")
 
 # %% [markdown]
 # ## The measurement
