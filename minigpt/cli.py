@@ -17,7 +17,8 @@ from .metrics import RunResult, console, describe, latency_summary, results_tabl
 from .config import PRESETS
 from .workloads import WORKLOADS, get_workload
 
-CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled"]
+CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled",
+            "ch07_tensor_parallel"]
 
 
 def chapter_module(name: str):
@@ -182,6 +183,8 @@ SLOWER_ON_A_CPU = {
     "ch05_async": "there is no GPU to overlap with: streams and events do nothing, and the slots, "
                   "placeholders and padded graph rows are pure bookkeeping",
     "ch06_compiled": "on a CPU chapter 6 does not compile (compile=auto), so it is chapter 5 plus noise",
+    "ch07_tensor_parallel": "run as one process it is chapter 6; split over CPU processes, they share the same "
+                            "cores and every layer adds two all-reduces",
 }
 
 

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted(p.stem for p in (ROOT / "chapters").glob("ch0*.py"))
 
 
-def test_there_are_six_chapters():
-    assert CHAPTERS == ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled"]
+def test_there_are_seven_chapters():
+    assert CHAPTERS == ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled",
+                        "ch07_tensor_parallel"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -50,7 +51,7 @@ def test_book_main_job_runs():
     run = subprocess.run([sys.executable, "-m", "chapters", "--requests", "4", "--no-progress"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    assert "ch06_compiled" in run.stdout and "ch01_naive" in run.stdout  # the comparison, whatever the flags
+    assert "ch07_tensor_parallel" in run.stdout and "ch01_naive" in run.stdout  # the comparison, whatever the flags
 
 
 def test_text_in_and_out_with_a_local_checkpoint(tmp_path):

@@ -379,6 +379,7 @@ FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
 W1_FILES = ["h200_w1_ch01_ch03.json", "h200_w1_arc.json"]  # one commit; chapters 1-3, then 4-6
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
+TP_FILE = "h200_tp.json"  # chapter 7 on one H200 and on two
 # transformers' continuous batching beside chapter 5 on the same requests; its async mode in a run of its own
 PEER_FILES = ["h200_w1_64_transformers.json", "h200_w1_64_transformers_async.json"]
 CHAPTER_ROWS = [  # (result label, row name, idea, what its engine runs)
@@ -494,6 +495,19 @@ def results_markdown() -> str:
             span, busy = decode_phase(r["extra"]["timeline"])
             lines.append(f"| {name} | {r['wall_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['extra']['gpu_busy']:.1%} "
                          f"| {span:.2f} | {busy:.1%} |")
+    tp = load(TP_FILE)
+    lines += ["", "Two H200s of one host, tensor parallelism (chapter 7, its model eager, decode as CUDA graphs with the "
+              f"all-reduces inside; commit {tp['environment']['commit']}):", "",
+              "| run | requests | output tokens/s | speed-up | mean decode step ms | KV pool, tokens |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    single = {}
+    for r in tp["results"]:
+        workload, gpus = r["chapter"].split(", ")
+        single.setdefault(workload, r["tokens_per_s"])
+        step = sum(s["gpu_end"] - s["gpu_start"] for s in r["extra"]["timeline"] if s["graph"]) / max(
+            1, sum(1 for s in r["extra"]["timeline"] if s["graph"]))
+        lines.append(f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['tokens_per_s'] / single[workload]:.2f}x | {step * 1e3:.2f} | {r['extra']['kv_capacity_tokens']:,} |")
     cpu = load("cpu_w1small.json")
     lines += ["", f"On a {cpu['environment']['cpu_count']}-core CPU (torch {cpu['environment']['torch']}), the tiny "
               "model on W1-small in float32 (`python -m tools.bench`). With no GPU to overlap with, chapter 5's "
@@ -511,7 +525,7 @@ def results_markdown() -> str:
     for _, (r, f, command) in latest.items():
         if (f, command) not in seen:
             seen.append((f, command))
-    seen += [(f, load(f)["command"]) for f in PEER_FILES + [W2_FILE]] + [("cpu_w1small.json", cpu["command"])]
+    seen += [(f, load(f)["command"]) for f in PEER_FILES + [W2_FILE, TP_FILE]] + [("cpu_w1small.json", cpu["command"])]
     lines += [f"- `{f}`: `{c.replace('/root/out/', '$OUT/')}`" for f, c in seen]  # $OUT: the device's output folder
     return "\n".join(lines)
 
