@@ -215,10 +215,13 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # ## Exercises
 #
 # 1. Remove the KV cache: make `decode_one_token` re-run the whole sequence each step. How does the
-#    time per token grow with the length? (Expect linear growth per token, quadratic in total.)
+#    time per token grow with the length? (Expect at least linear growth per token: at least quadratic in
+#    total.)
 # 2. Time prefill and decode apart on W1-small. Which dominates, and why does decode cost nearly the
 #    same per token whether the context is 10 or 1000 tokens on a GPU?
 # 3. Set `temperature=0.8, seed=1` on a request: run it twice, alone and beside others. Same tokens?
+#
+# Answers: `solutions/ch01_naive.py`.
 #
 # ## What is left on the table
 #

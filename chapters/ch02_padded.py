@@ -205,6 +205,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # 3. Give one request of a batch 10x the output of the others and watch decode waste. What would you need
 #    to let a new request take a finished row's place? (That is chapter 3.)
 #
+# Answers: `solutions/ch02_padded.py`.
+#
 # ## What is left on the table
 #
 # Pad columns computed for nothing, finished rows that wait for the batch's slowest member, and new

@@ -459,7 +459,10 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # 1. Set `--max-batch-tokens 16` and watch the steps count grow: every prompt is now prefilled in chunks.
 #    Do the tokens change? (They must not.)
 # 2. Give W1-small's requests arrival times 10 ms apart. How does TTFT compare with chapter 2's?
-# 3. Run with `--attention reference` on a GPU. How much slower is a kernel per sequence per layer?
+# 3. Run with `--attention reference`. On the CPU, count the attention calls of one decode step; on a GPU,
+#    how much slower is a kernel per sequence per layer?
+#
+# Answers: `solutions/ch03_continuous.py`.
 #
 # ## What is left on the table
 #

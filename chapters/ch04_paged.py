@@ -482,6 +482,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    prefill tokens are saved (`prefix_hit_tokens`), and what happens to TTFT? Why must at least one
 #    prompt token always be computed, even when the whole prompt is cached?
 #
+# Answers: `solutions/ch04_paged.py`.
+#
 # ## What is left on the table
 #
 # Every step still runs in lockstep: the CPU schedules and prepares, then waits while the GPU computes,

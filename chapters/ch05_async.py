@@ -444,10 +444,22 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run with `--no-cuda-graphs`. How much of the decode step was kernel-launch time?
+# 1. Run with `--no-cuda-graphs` on a GPU. How much of the decode step was kernel-launch time? (On the CPU:
+#    count the operators one decode step dispatches, each a kernel launch on a GPU.)
 # 2. Remove the `slot.copied.synchronize()` in `prepare` and run the GPU stress test in
-#    `tests/test_async.py`. What breaks, and how often?
+#    `tests/test_async.py`. What breaks, and how often? (Before you run it: which step last used the slot,
+#    and what has the CPU already waited for?)
 # 3. With one slot instead of two, where would the CPU have to wait? Predict the busy fraction, then measure.
+#    (On the CPU: make both entries of `self.slots` the same slot and compare the tokens with chapter 1's.)
+# 4. Remove hazard 3's check in `resolve` (`if c.finish_reason: continue`) and run
+#    `pytest tests/test_async.py`. Which test fails, what does the completion look like, and why only with
+#    `use_async=True`?
+# 5. Hand out block 0 like any other (remove `cache.free_blocks.remove(0)` in `make_cache`) and run
+#    `pytest tests/test_async.py`. Why do tokens change on the CPU, where no CUDA graph runs?
+# 6. On W1-small, count from `engine.trace` the padding rows that the graph sizes (powers of two) add to
+#    decode steps. How many would sizes in steps of 8 add, and what would one graph per batch size cost?
+#
+# Answers: `solutions/ch05_async.py`.
 
 # %%
 OPTIONS = {**{k: v for k, v in ch04_paged.OPTIONS.items() if k != "attention"},  # NEW: sync or async, graphs

@@ -249,13 +249,15 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # ## Exercises
 #
 # 1. See what the compiler made: run `compile_layers(model, "inductor")` with the environment variable
-#    `TORCH_LOGS=output_code` set (on the CPU too: seconds for the tiny model). Find the calls of
+#    `TORCH_LOGS=output_code` set (on the CPU too: under a minute for the tiny model). Find the calls of
 #    `torch.ops.minigpt.attention`, one a layer, the kernels between two of them, and inside those kernels
 #    the RoPE arithmetic and the cache write (`index_copy`). How many kernels does a layer cost now?
-# 2. On the CPU, time `check_against_chapter1` with `compile="aot_eager"` against `compile="none"`. Tracing
-#    changes no token; what does it cost, and when is it paid?
-# 3. On a GPU, run with `--no-cpp-wrapper`, then without it. How much does the C++ wrapper save a decode
-#    step (TPOT), and how much does it add to the compile?
+# 2. On the CPU, time chapter 6's `generate` with `compile="aot_eager"` against `compile="none"` on
+#    W1-small's first 8 requests. Tracing changes no token; what does it cost, and when is it paid?
+# 3. On a GPU, run with `--cpp-wrapper`, then without it. How much does the C++ wrapper save a decode step
+#    (TPOT), and how much does it add to the compile?
+#
+# Answers: `solutions/ch06_compiled.py`.
 
 # %%
 OPTIONS = {**ch05_async.OPTIONS,  # NEW: the compiled model
