@@ -192,7 +192,7 @@ if __name__ == "__main__" and MODEL_DIR:
 #
 # `python -m chapters.ch01_naive` runs the tiny model on `W1-small` on the CPU in seconds;
 # `python -m chapters.ch01_naive --device cuda --workload W1 --requests 1` measures a subset of W1 on a
-# GPU (all of W1 would take about an hour, one request at a time). The table has the columns every
+# GPU (all of W1 would take about 45 minutes, one request at a time). The table has the columns every
 # chapter prints:
 #
 # * **tokens/s**: output tokens over the wall time from the first request's submission to the last token;

@@ -15,7 +15,6 @@
 # # Chapter 3: continuous batching
 #
 # ![Batch occupancy per step on W1](../figures/occupancy_w1.png)
-#
 # **What you will learn:** how to batch requests without padding, how a scheduler lets requests
 # join and leave the batch at every step, how a long prompt is prefilled in chunks beside other
 # requests' decode steps, and what reserving KV memory per request costs.
@@ -23,18 +22,15 @@
 # Chapter 2 lost time on pad tokens, and on finished rows that wait for the batch's slowest member. Both
 # come from the rectangle. Drop it:
 #
-# * **ragged batches**: the model already takes a flat list of tokens. Put every running request's
-#   new tokens in it, back to back: a decoding request brings 1 token, a prefilling one a chunk of its
-#   prompt. No padding at all; attention is told where each sequence starts and ends.
+# * **ragged batches**: the model already takes a flat list of tokens. Put every running request's new
+#   tokens in it, back to back: a decoding request brings 1, a prefilling one a chunk of its prompt.
 # * **a scheduler, every step**: finished requests leave, waiting ones join, up to a *token budget*
-#   (`max_batch_tokens`) per step. Running requests go first, oldest first (a decoding one costs a
-#   single token), then new ones fill what is left: a prompt longer than the budget is prefilled in
-#   chunks over several steps, beside other requests' decode tokens.
+#   (`max_batch_tokens`) per step. Running requests go first, oldest first, then new ones fill what is
+#   left: a prompt longer than the budget is prefilled in chunks, beside other requests' decode tokens.
 # * **arrivals**: a request that arrives mid-run joins at the next step.
 #
-# The KV cache becomes a set of *slots*, one row per running request, each as long as the longest
-# request could grow. That is simple, and wasteful: the chapter measures the memory reserved but never
-# used.
+# The KV cache becomes a set of *slots*, one per running request, each as long as the longest request
+# could grow: simple, and wasteful (the chapter measures the memory reserved but never used).
 
 # %%
 from __future__ import annotations
@@ -55,10 +51,9 @@ from minigpt.options import check_choice, check_int, make_engine
 # %% [markdown]
 # ## A sequence, and one step's worth of it
 #
-# A `Sequence` is a request in flight: its tokens so far (prompt + generated) and how many of them
-# already have their keys and values in the cache (`num_cached`). Each step runs a *chunk* of it:
-# the tokens `num_cached .. num_cached+n-1`. When a chunk reaches the last known token, the step
-# yields that sequence's next token.
+# A `Sequence` is a request in flight: its tokens so far (prompt + generated) and how many of them have
+# their keys and values in the cache (`num_cached`). Each step runs a *chunk* of it, the tokens
+# `num_cached .. num_cached+n-1`; a chunk that reaches the last known token yields the next token.
 
 # %%
 @dataclass(eq=False)  # compared and hashed by identity: `seq in running` must not compare token lists
@@ -95,9 +90,8 @@ class Chunk:
 #    its prompt as the budget has left (`grow`);
 # 2. waiting sequences join while the budget lasts and the cache has room (`start`).
 #
-# The cache is asked for room (`allocate(seq, n)`) before a chunk is scheduled. Here a slot holds a
-# request's whole maximum length, so only a new sequence can be refused (no free slot): it waits, first
-# in line, until a running one finishes.
+# The cache is asked for room (`allocate(seq, n)`) before a chunk is scheduled. A slot holds a request's
+# whole maximum length, so only a new sequence can be refused: it waits, first in line.
 
 # %%
 class Scheduler:
@@ -147,9 +141,8 @@ class Scheduler:
 # ## The cache: a slot per running request
 #
 # Each layer's keys and values: `(num_slots * slot_len, kv_heads, head_dim)`, viewed as `num_slots` slots
-# of `slot_len` rows. Token `p` of the sequence in slot `s` lives at *cache row* `s * slot_len + p`. The
-# engine computes the cache row of every token of the step and each layer writes all its new keys and
-# values with one indexed copy.
+# of `slot_len` rows. Token `p` of the sequence in slot `s` lives at *cache row* `s * slot_len + p`; each
+# layer writes all the step's new keys and values at their cache rows with one indexed copy.
 
 # %%
 class SlotCache:
@@ -185,21 +178,19 @@ class SlotCache:
 # %% [markdown]
 # ## Attention over a packed batch
 #
-# The flat batch holds decode tokens first (one per sequence), then prompt chunks. Each layer writes
-# the new `k`, `v` at their cache rows, then the attention object attends:
+# The flat batch holds decode tokens first (one per sequence), then prompt chunks. Each layer writes the
+# new `k`, `v` at their cache rows, then the attention object attends:
 #
-# * **the reference** (`attention="reference"`): a loop, one `causal_attention` per chunk over its
-#   slot. Plain, obviously right, and slow on a GPU: one small kernel per sequence per layer.
+# * **the reference** (`attention="reference"`): one `causal_attention` per chunk over its slot. Plain,
+#   obviously right, and slow on a GPU: a small kernel per sequence per layer.
 # * **batched decode** (the default): all decode tokens in one `scaled_dot_product_attention` call over
-#   the slot tensor *as it is* (a view, no copy), each slot masked to its own length. Grouped-query
-#   attention costs nothing extra: the `G = heads / kv_heads` query heads that share a KV head become
-#   `G` query rows of that head.
+#   the slot tensor *as it is* (a view), each slot masked to its own length; the `G = heads / kv_heads`
+#   query heads that share a KV head become `G` query rows of that head.
 # * **prompt chunks**, all in one call too: on the CPU (and in float32) one masked SDPA over their
 #   packed contexts (`packed_attention`), the mask keeping each chunk to its own sequence; most of its
 #   (tokens x context) scores are masked: 14 prompts in one step do 14x the useful work. On a GPU in half
 #   precision, FlashAttention's *variable-length* kernel (`varlen_attention`) computes only each chunk's
 #   own block. Both live in `minigpt/attention.py`.
-#
 # ![One step of a tiny run: the flat batch and the prompt chunks' mask](../figures/idea_ragged_batch.png)
 
 # %%
@@ -272,9 +263,7 @@ class PackedAttention:
 
 
 # %% [markdown]
-# ## The engine: schedule, prepare, forward, sample, update
-#
-# One step is five small functions, each waiting for the one before.
+# ## The engine: a step is five small functions (schedule, prepare, forward, sample, update), each waiting
 
 # %%
 class ContinuousEngine:
@@ -292,16 +281,15 @@ class ContinuousEngine:
         """The KV cache for these requests (index -> request, those that can run)."""
         slot_len = max(max_total_len(r, self.config) for r in runnable.values())
         num_slots = min(self.max_seqs, len(runnable))
-        nbytes = num_slots * slot_len * self.config.kv_bytes_per_token // 2 * self.model.dtype.itemsize
-        if self.device.type == "cuda" and nbytes > torch.cuda.mem_get_info(self.device)[0]:
-            raise ValueError(f"{num_slots} slots of {slot_len} tokens need {nbytes / 1e9:.1f} GB of KV cache, more "
-                             f"than the device has free; lower max_seqs")
+        gb = num_slots * slot_len * self.config.kv_bytes_per_token // 2 * self.model.dtype.itemsize / 1e9
+        if self.device.type == "cuda" and gb * 1e9 > torch.cuda.mem_get_info(self.device)[0]:
+            raise ValueError(f"{num_slots} slots of {slot_len} tokens need {gb:.1f} GB of KV cache; lower max_seqs")
         return SlotCache(self.config, num_slots, slot_len, self.device, self.model.dtype)
 
-    def make_attention(self):
+    def make_attention(self):  # (the attention object over this cache)
         return PackedAttention(self.cache, self.reference)
 
-    def make_scheduler(self):
+    def make_scheduler(self):  # (the scheduler over this cache)
         return Scheduler(self.cache, self.max_batch_tokens, self.max_seqs)
 
     def admit(self, seq: Sequence):
@@ -337,8 +325,7 @@ class ContinuousEngine:
     def step(self):
         chunks = self.scheduler.schedule()
         if not chunks:  # work waits, yet nothing can run: a scheduler that would loop here for ever
-            raise RuntimeError(f"{self.name}: no request could be scheduled ({len(self.scheduler.waiting)} waiting, "
-                               f"{len(self.scheduler.running)} running)")
+            raise RuntimeError(f"{self.name}: no request could be scheduled ({len(self.scheduler.waiting)} waiting)")
         batch = self.prepare(chunks)
         logits = self.forward(batch)
         tokens = self.sampler(logits, [s.index for s in batch.sampled]).tolist()  # the CPU waits here
@@ -414,10 +401,7 @@ def generate(model, requests: list[Request], **options) -> Completions:
 
 
 # %% [markdown]
-# ## The check: the same tokens as chapter 1
-#
-# On a workload with arrivals, one-token prompts, prompts longer than the budget and duplicates, both
-# attention paths give chapter 1's greedy tokens exactly (float32, CPU).
+# ## The check: the same tokens as chapter 1 (the tests add arrivals, one-token and long prompts, duplicates)
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
@@ -437,10 +421,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # prints the H200's committed run). Look at the KV memory line: a slot is as long as the longest request
 # may grow, and a request fills it only at its last step, so most of the reserved memory holds nothing.
 #
-# Under load (`--rate 40`: requests arrive over time, 40 a second), continuous batching changes what a
-# user feels most: a request joins at the next step instead of waiting for a batch to form and finish,
-# so its time to first token stays near one step's time until the engine saturates.
-# `python -m tools.bench latency` sweeps the rate for chapters 2-6:
+# Under load (`--rate 40`: requests arrive over time, 40 a second), a request joins at the next step
+# instead of waiting for a batch to form and finish, so its time to first token stays near a step's time
+# until the engine saturates. `python -m tools.bench latency` sweeps the rate for chapters 2-6:
 #
 # ![TTFT and TPOT against the request rate on this CPU](../figures/cpu_latency.png)
 
@@ -456,8 +439,7 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## Exercises
 #
-# 1. Set `--max-batch-tokens 16` and watch the steps count grow: every prompt is now prefilled in chunks.
-#    Do the tokens change? (They must not.)
+# 1. Set `--max-batch-tokens 16` and watch the steps grow: every prompt is prefilled in chunks. Do tokens change?
 # 2. Give W1-small's requests arrival times 10 ms apart. How does TTFT compare with chapter 2's?
 # 3. Run with `--attention reference`. On the CPU, count the attention calls of one decode step; on a GPU,
 #    how much slower is a kernel per sequence per layer?
@@ -466,9 +448,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #
 # ## What is left on the table
 #
-# Every running request holds a slot as long as the longest request could grow, from its first step to
-# its last. The memory that limits how many requests run at once is mostly empty, and a step's cost is
-# shared by the requests running at once. Chapter 4 hands out memory in small blocks, as it is used.
+# Every running request holds a slot as long as the longest request could grow: the memory that limits how
+# many requests run at once, and so share a step's cost, is mostly empty. Chapter 4 hands it out in
+# small blocks, as it is used.
 
 # %%
 OPTIONS = {"max_batch_tokens": (int, 2048, "token budget per step"),

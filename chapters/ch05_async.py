@@ -26,10 +26,10 @@
 # requests, not to *schedule* step N+1. So the CPU can prepare step N+1 while the GPU computes step N, if
 # we guard the six hazards that opens (each guard below says which it is):
 #
-# 1. inputs are written into one of **two slots** of pinned host and device buffers; an event says when
-#    a slot's last copy and last use are done, and only then is it written again;
-# 2. a token not yet known is a **placeholder** plus the row of the previous step's output that will hold
-#    it; the GPU fills it in before the forward;
+# 1. inputs go into one of **two slots** of pinned host and device buffers; an event says when a slot's
+#    last copy and last use are done, and only then is it written again;
+# 2. a token not yet known is a **placeholder** plus the row of the previous step's output holding it;
+#    the GPU fills it in before the forward;
 # 3. a request that finished at step N may already be in step N+1: its extra token is **dropped**, its
 #    blocks freed once;
 # 4. blocks freed on the CPU may be reused while an older step still uses them: every kernel that touches
@@ -38,9 +38,8 @@
 # 6. decode steps replay **CUDA graphs** that read fixed addresses: each slot's device buffer is the graph's
 #    input, written in place, never rebound.
 #
-# On the CPU the model's work runs on a *worker thread*, in order, as a stream runs kernels, while the main
-# thread prepares the next step; every guard's logic runs there and the tests exercise it. The GPU adds
-# streams, graphs and the real timing (`minigpt/streams.py` has the CPU's stand-ins).
+# On the CPU the model's work runs on a *worker thread*, in order as on a stream, while the main thread
+# prepares the next step: every guard's logic runs there (`minigpt/streams.py` has the stand-ins).
 
 # %%
 from __future__ import annotations
@@ -69,12 +68,9 @@ PENDING = -1  # a token whose value the GPU has not told us yet
 # ## A slot: one step's inputs and outputs, on both sides
 #
 # Every integer a step needs (the `FIELDS`, then the block tables) is packed into one int64 buffer, so that
-# one copy moves it all. Two slots alternate: step N uses slot N % 2. Three events guard a slot:
-#
-# * `copied`: the host-to-device copy is done, so the pinned host buffer may be rewritten (hazard 5);
-# * `consumed`: the forward that read the device inputs is done, so the next copy may overwrite them (1);
-# * `fetched`: the sampled tokens reached the host, so the device output may be overwritten (1, for
-#   outputs) and the pinned output read.
+# one copy moves it all. Two slots alternate: step N uses slot N % 2. Three events guard a slot: `copied`
+# (the pinned host buffer may be rewritten: hazard 5), `consumed` (the forward read the device inputs: the
+# next copy may overwrite them, hazard 1) and `fetched` (the tokens reached the host: the device output is free).
 
 # %%
 class Slot:
@@ -84,12 +80,11 @@ class Slot:
         self.device = torch.zeros(capacity, dtype=torch.long, device=device)
         self.out_device = torch.zeros(max_rows, dtype=torch.long, device=device)  # sampled tokens
         self.out_host = torch.zeros(max_rows, dtype=torch.long, **pin)
-        self.copied, self.consumed, self.fetched = (new_event(cuda) for _ in range(3))
+        self.copied, self.consumed, self.fetched = (new_event(cuda) for _ in range(3))  # (the three guards above)
 
 
-# A step's integers, in the order they are packed into a slot. Per token: its id, position, cache row and
-# carry_from (hazard 2: the row of the previous step's output holding its id, or -1). Per sampled token:
-# logits_at. Per chunk: its context length and token count. Then the index of each prompt chunk.
+# A step's integers, in slot order. Per token: id, position, cache row, carry_from (hazard 2: the row of the
+# last step's output holding its id, or -1); per sampled token: logits_at; per chunk: lens, num_tokens.
 FIELDS = ("input_ids", "positions", "cache_rows", "carry_from", "logits_at", "lens", "num_tokens", "prompt_chunks")
 
 
@@ -98,8 +93,8 @@ def pad_rows(fields: dict[str, list[int]], size: int) -> dict[str, list[int]]:
     the scratch block (block 0, never handed out) and never read; logits for every row."""
     pad = size - len(fields["lens"])
     extend = {"input_ids": 0, "positions": 0, "cache_rows": 0, "carry_from": -1, "lens": 1, "num_tokens": 1}
-    padded = {name: fields[name] + [value] * pad for name, value in extend.items()}
-    return {**padded, "logits_at": list(range(size)), "prompt_chunks": []}
+    return {**{name: fields[name] + [value] * pad for name, value in extend.items()},
+            "logits_at": list(range(size)), "prompt_chunks": []}
 
 
 @dataclass
@@ -118,11 +113,7 @@ class AsyncBatch(Batch):  # NEW: chapter 3's batch, plus what an overlapped step
 
 
 # %% [markdown]
-# ## The engine
-#
-# `generate(..., use_async=False)` runs this very code with one difference: it waits for each step's
-# tokens right after launching it. That is chapter 4's loop with streams, slots and graphs too, so that
-# sync against async measures the overlap and nothing else.
+# ## The engine (with `use_async=False`, this very code waiting for each step's tokens right after its launch)
 
 # %%
 class AsyncEngine(PagedEngine):
@@ -134,10 +125,10 @@ class AsyncEngine(PagedEngine):
         if self.reference:
             raise ValueError(f"{self.name}: runs the batched attention only; use chapter 4 for attention='reference'")
         self.use_async = check_bool(self.name, "use_async", use_async)
-        self.use_graphs = check_bool(self.name, "cuda_graphs", cuda_graphs) and self.device.type == "cuda"
-        max_graph_batch = check_int(self.name, "max_graph_batch", max_graph_batch)
         self.cuda = self.device.type == "cuda"
-        self.graph_sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= max_graph_batch]
+        self.use_graphs = check_bool(self.name, "cuda_graphs", cuda_graphs) and self.cuda
+        largest = check_int(self.name, "max_graph_batch", max_graph_batch)
+        self.graph_sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= largest]
 
     def generate(self, requests: list[Request]) -> Completions:
         try:
@@ -149,11 +140,11 @@ class AsyncEngine(PagedEngine):
             gc.unfreeze()
 
     def pool_blocks(self, requests) -> int:
-        return super().pool_blocks(requests) + 1  # one more block: scratch space, below
+        return super().pool_blocks(requests) + 1  # one more block, 0: scratch space, padded graph rows write there
 
     def make_cache(self, runnable):
         cache = super().make_cache(runnable)
-        cache.free_blocks.remove(0)  # block 0 is scratch: padded graph rows write there
+        cache.free_blocks.remove(0)
         cache.num_blocks -= 1  # the blocks requests can have
         self.width = cache.host_tables.shape[1]  # the longest block table any request can have
         return cache
@@ -163,12 +154,11 @@ class AsyncEngine(PagedEngine):
         attention = super().make_attention()
         self.compute, self.copy_in, self.copy_out = ((torch.cuda.Stream(self.device) if self.cuda else None)
                                                      for _ in range(3))
-        # The CPU's stand-in for the compute stream: one thread, running the steps in the order they come.
-        self.worker = ThreadPoolExecutor(1) if self.use_async and not self.cuda else None
+        self.worker = ThreadPoolExecutor(1) if self.use_async and not self.cuda else None  # the CPU's compute stream
         rows = max(self.max_batch_tokens, self.max_seqs, max(self.graph_sizes))
         self.capacity = (rows + 1) * (len(FIELDS) + self.width)  # the fields, at most `rows` each, then the tables
         self.slots = [Slot(self.capacity, rows, self.device, self.cuda) for _ in range(2)]
-        self.in_flight: list[AsyncBatch] = []  # launched, tokens not yet handed out
+        self.in_flight: list[AsyncBatch] = []
         self.carry_row: dict[int, int] = {}  # request index -> the output row of its newest, PENDING token
         self.retired: set[int] = set()  # request indices no longer scheduled
         self.timeline = StepTimeline(self.cuda)  # each step's times, for the figures
@@ -178,8 +168,7 @@ class AsyncEngine(PagedEngine):
             self.attention = attention  # capture runs the model, which calls it
             with stage(f"capturing {2 * len(self.graph_sizes)} CUDA graphs", self.progress):
                 self.capture_graphs()
-        # A full collection walks every live object: after capturing (or compiling), hundreds of thousands, for
-        # tenths of a second while the GPU runs dry. Frozen out of its sight, they live until the run ends.
+        # A full collection walks every live object, hundreds of thousands after capturing: freeze them out of sight.
         gc.collect()
         gc.freeze()
         return attention
@@ -194,8 +183,7 @@ class AsyncEngine(PagedEngine):
         size = next((b for b in self.graph_sizes if b >= len(chunks)), 0) if decode_only else 0
         sampled, sampled_at = [], []
         for ch in chunks:
-            seq = ch.seq
-            tokens = seq.tokens[ch.start:ch.start + ch.n]  # hazard 2: a PENDING one the GPU fills in from the last step
+            seq, tokens = ch.seq, ch.seq.tokens[ch.start:ch.start + ch.n]  # hazard 2: the GPU fills in a PENDING one
             f["input_ids"] += [0 if t == PENDING else t for t in tokens]
             f["carry_from"] += [self.carry_row[seq.index] if t == PENDING else -1 for t in tokens]
             f["positions"] += range(ch.start, ch.start + ch.n)
@@ -206,8 +194,7 @@ class AsyncEngine(PagedEngine):
                 f["logits_at"].append(len(f["input_ids"]) - 1)
                 sampled.append(seq)
                 sampled_at.append(len(seq.tokens))
-        if size:  # pad to the graph's size with rows that write to the scratch block and are never read
-            f = pad_rows(f, size)
+        f = pad_rows(f, size) if size else f  # to the graph's size: rows written to the scratch block, never read
         slot.copied.synchronize()  # hazard 5: the previous copy out of this pinned buffer is done
         offsets = self.pack(slot, f, [ch.seq.index for ch in chunks], size or len(chunks))
         # Hazard 1: the step that last read this slot's device buffer must be done before we overwrite it.
@@ -216,9 +203,8 @@ class AsyncEngine(PagedEngine):
             n = sum(offsets["tables"])  # the tables come last
             slot.device[:n].copy_(slot.host[:n], non_blocking=True)
             slot.copied.record()
-        prompt = [chunks[j] for j in f["prompt_chunks"]]
-        return self.batch_views(slot, offsets, chunks=chunks, sampled=sampled, sampled_at=sampled_at,
-                                graph_size=size, prompt_sizes=[(ch.n, ch.start + ch.n) for ch in prompt])
+        return self.batch_views(slot, offsets, chunks=chunks, sampled=sampled, sampled_at=sampled_at, graph_size=size,
+                                prompt_sizes=[(chunks[j].n, chunks[j].start + chunks[j].n) for j in f["prompt_chunks"]])
 
     def pack(self, slot: Slot, fields: dict[str, list[int]], rows: list[int], num_rows: int) -> dict:
         """Write the fields, then the block tables of requests `rows` (padded to num_rows), into the slot's
@@ -242,12 +228,9 @@ class AsyncEngine(PagedEngine):
         view = {k: slot.device[o:o + n] for k, (o, n) in offsets.items()}
         tables = view.pop("tables").view(-1, self.width)
         num_decode = graph_size or len(chunks) - len(prompt_sizes)
-        return AsyncBatch(chunks=chunks, input_ids=view["input_ids"], positions=view["positions"],
-                          cache_rows=view["cache_rows"], logits_at=view["logits_at"], num_decode=num_decode,
-                          decode_lens=view["lens"][:num_decode], decode_layout=tables[:num_decode], max_decode_len=0,
-                          slot=slot, carry_from=view["carry_from"], graph_size=graph_size, prompt_sizes=prompt_sizes,
-                          tables=tables, lens=view["lens"], num_tokens=view["num_tokens"],
-                          prompt_chunks=view["prompt_chunks"], **rest)
+        return AsyncBatch(chunks=chunks, **view, num_decode=num_decode, decode_lens=view["lens"][:num_decode],
+                          decode_layout=tables[:num_decode], max_decode_len=0, tables=tables, slot=slot,
+                          graph_size=graph_size, prompt_sizes=prompt_sizes, **rest)
 
     @torch.inference_mode()
     def launch(self, batch: AsyncBatch):
@@ -299,8 +282,7 @@ class AsyncEngine(PagedEngine):
         slot.out_device[: len(tokens)] = tokens
 
     def capture_graphs(self):
-        """One graph per (padded batch size, slot), all in one memory pool; largest first, so the
-        smaller ones fit in the memory it already holds."""
+        """One graph per (padded batch size, slot), in one memory pool; largest first, the smaller fit in it."""
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.graph_sizes):
             for i, slot in enumerate(self.slots):
@@ -329,10 +311,9 @@ class AsyncEngine(PagedEngine):
             if len(seq.tokens) >= seq.max_len:  # the length limit needs no value: stop scheduling it now
                 self.retire(seq)
         reserved, used = self.cache.memory(self.scheduler.running)
-        self.trace.append({"t": self.clock.now(), "tokens": sum(ch.n for ch in batch.chunks),  # not padding
-                           "decode": len(batch.chunks) - len(batch.prompt_sizes),
-                           "running": len(self.scheduler.running), "kv_reserved": reserved, "kv_used": used,
-                           "graph": batch.graph_size})
+        self.trace.append({"t": self.clock.now(), "tokens": sum(ch.n for ch in batch.chunks), "kv_used": used,
+                           "decode": len(batch.chunks) - len(batch.prompt_sizes), "graph": batch.graph_size,
+                           "running": len(self.scheduler.running), "kv_reserved": reserved})
 
     def resolve(self, batch: AsyncBatch):
         """Wait for a step's tokens (the only place the CPU waits for the GPU) and hand them out."""
@@ -351,8 +332,7 @@ class AsyncEngine(PagedEngine):
             if c.finish_reason:
                 self.retire(seq)
         batch.host_times["resolved"] = self.clock.now()
-        # Keep what the timeline needs, not the batch: its ~200 objects a step (a chunk per request...) would
-        # pile up for Python's garbage collector to walk, 200,000 by the end of W1.
+        # Keep what the timeline needs, not the batch: its objects would pile up for the garbage collector.
         self.timeline.add({**batch.host_times, "graph": batch.graph_size, "decode": not batch.prompt_sizes,
                            "tokens": sum(ch.n for ch in batch.chunks)}, batch.events)
 
@@ -367,7 +347,7 @@ class AsyncEngine(PagedEngine):
         elif seq in self.scheduler.waiting:  # preempted, its blocks already freed
             self.scheduler.waiting.remove(seq)
 
-    def has_work(self) -> bool:
+    def has_work(self) -> bool:  # (in flight: launched, its tokens not yet handed out)
         return self.scheduler.has_work() or bool(self.in_flight)
 
     def step(self):
@@ -382,17 +362,15 @@ class AsyncEngine(PagedEngine):
             self.commit(batch)
             batch.host_times = {"start": t0, "prepared": t1, "launched": self.clock.now()}
             self.in_flight.append(batch)
-        # Synchronous: wait for this step's tokens now. Asynchronous: for the previous step's, while the
-        # GPU works on this one.
+        # Synchronous: wait for this step's tokens now; asynchronous: for the previous step's, while this runs.
         while len(self.in_flight) > (1 if self.use_async and chunks else 0):
             self.resolve(self.in_flight.pop(0))
 
     def summary(self) -> dict:
         stats = {**super().summary(), "use_async": self.use_async, "cuda_graphs": self.use_graphs}
-        if not self.timeline.steps:
-            return stats
-        timeline = self.timeline.seconds()
-        stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
+        if self.timeline.steps:
+            timeline = self.timeline.seconds()
+            stats.update(gpu_busy=gpu_busy(timeline), decode_gpu_busy=decode_phase(timeline)[1], timeline=timeline)
         return stats
 
 
@@ -402,33 +380,27 @@ def generate(model, requests: list[Request], **options) -> Completions:
 
 
 # %% [markdown]
-# ## The check: async equals sync equals chapter 1
-#
-# Overlap must change when tokens are computed, never which: both ways, every token equals chapter 1's.
+# ## The check: overlap changes when tokens are computed, never which: sync and async equal chapter 1
 
 # %%
-if __name__ == "__main__" and "get_ipython" in globals():
-    from minigpt import from_config, get_workload
-
+if __name__ == "__main__" and "get_ipython" in globals():  # (a notebook; imported, this chapter runs nothing)
     from chapters import ch01_naive
+    from minigpt import from_config, get_workload
     from minigpt.reference import assert_same_tokens
 
     demo_model = from_config("tiny")
     demo = get_workload("W1-small").requests(demo_model.config.vocab_size, 8)
-    for flag in (False, True):
-        n = assert_same_tokens(generate, ch01_naive.generate, demo_model, demo, use_async=flag, num_blocks=12)
-        print(f"use_async={flag}: {n} tokens equal chapter 1's")
+    print([assert_same_tokens(generate, ch01_naive.generate, demo_model, demo, use_async=flag, num_blocks=12)
+           for flag in (False, True)], "tokens equal chapter 1's, sync and async")
 
 # %% [markdown]
 # ## The measurement
 #
 # `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async` runs
-# the engine both ways on the same requests and records when the GPU was busy (CUDA events around each
-# step). The cell below prints the H200's committed runs: asynchronously the gaps between steps close, and
-# the gain is largest where steps are short (W1, about 7 ms) and smaller where they are long (W2's 8B model,
-# about 11 ms). Then it runs this CPU both ways and draws twenty steps of each: the worker computes step N
-# while the main thread prepares N+1. The wall time barely moves, the limit of a CPU: kernels release
-# Python's lock while they compute, but launching each is Python, and a tiny model's step is mostly that.
+# the engine both ways and records when the GPU was busy (CUDA events around each step). The cell below
+# prints the H200's committed runs: asynchronously the gaps close, most where steps are short (W1, about 7
+# ms; W2's 8B model, about 11). Then it runs this CPU both ways: the worker computes step N while the main
+# thread prepares N+1, yet the wall time barely moves: kernels release Python's lock, launches do not.
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
@@ -444,22 +416,23 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run with `--no-cuda-graphs` on a GPU. How much of the decode step was kernel-launch time? (On the CPU:
-#    count the operators one decode step dispatches, each a kernel launch on a GPU.)
-# 2. Remove the `slot.copied.synchronize()` in `prepare` and run the GPU stress test in
-#    `tests/test_async.py`. What breaks, and how often? (Before you run it: which step last used the slot,
-#    and what has the CPU already waited for?)
-# 3. With one slot instead of two, where would the CPU have to wait? Predict the busy fraction, then measure.
-#    (On the CPU: make both entries of `self.slots` the same slot and compare the tokens with chapter 1's.)
-# 4. Remove hazard 3's check in `resolve` (`if c.finish_reason: continue`) and run
-#    `pytest tests/test_async.py`. Which test fails, what does the completion look like, and why only with
-#    `use_async=True`?
-# 5. Hand out block 0 like any other (remove `cache.free_blocks.remove(0)` in `make_cache`) and run
-#    `pytest tests/test_async.py`. Why do tokens change on the CPU, where no CUDA graph runs?
-# 6. On W1-small, count from `engine.trace` the padding rows that the graph sizes (powers of two) add to
-#    decode steps. How many would sizes in steps of 8 add, and what would one graph per batch size cost?
+# 1. Run with `--no-cuda-graphs` on a GPU: how much of a decode step was launching? (On the CPU: count
+#    the operators one decode step dispatches, each a kernel launch on a GPU.)
+# 2. Remove `slot.copied.synchronize()` in `prepare` and run the GPU stress test in `tests/test_async.py`.
+#    What breaks? (First: which step last used the slot, and what has the CPU already waited for?)
+# 3. With one slot instead of two, where must the CPU wait? (On the CPU: make both entries of `self.slots`
+#    the same slot and compare the tokens with chapter 1's.)
+# 4. Remove hazard 3's check in `resolve` (`if c.finish_reason: continue`) and run `pytest
+#    tests/test_async.py`: which test fails, and why only with `use_async=True`?
+# 5. Hand out block 0 like any other (remove `cache.free_blocks.remove(0)`): why do tokens change on the CPU?
+# 6. Count from `engine.trace` the padding rows the graph sizes add on W1-small. And with sizes in steps of 8?
 #
 # Answers: `solutions/ch05_async.py`.
+#
+# ## What is left on the table
+#
+# The GPU is busy all the time now; what it is busy with is the next question. Besides the matmuls and
+# attention, a decode step is dozens of small kernels a layer. Chapter 6 profiles a step and fuses them.
 
 # %%
 OPTIONS = {**{k: v for k, v in ch04_paged.OPTIONS.items() if k != "attention"},  # NEW: sync or async, graphs

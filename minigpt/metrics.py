@@ -103,7 +103,7 @@ def environment() -> dict:
 
     env = {"commit": code_version(), "python": platform.python_version(), "torch": torch.__version__,
            "transformers": transformers.__version__, "machine": platform.machine(),
-           "cpu_count": __import__("os").cpu_count()}
+           "cpu_count": __import__("os").cpu_count(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda

@@ -25,19 +25,19 @@ def _save(fig, path):
 
 def ladder(rows: list[tuple[str, float, str]], references: dict, path, title: str):
     """Output tokens/s per chapter, log scale; rows: (label, tokens/s, note); references: label -> tokens/s."""
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    labels = [r[0] for r in rows]
-    bars = ax.bar(labels, [r[1] for r in rows], color=["#9ab" if "(sync)" in r[0] else "#357" for r in rows])
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    labels = [r[0].replace(" ", "\n", 1) for r in rows]  # an option goes under its chapter's name
+    bars = ax.bar(labels, [r[1] for r in rows], color=["#9ab" if "--" in r[0] else "#357" for r in rows])
     for bar, (_, v, note) in zip(bars, rows):
         ax.annotate(f"{v:,.0f}" + (f"\n({note})" if note else ""), (bar.get_x() + bar.get_width() / 2, v),
                     ha="center", va="bottom", fontsize=7)
     for (name, value), style in zip(references.items(), ["-", "--", ":", "-."]):
-        ax.axhline(value, color="#c44" if "floor" in name else "#888", linestyle=style, linewidth=1)
+        ax.axhline(value, color="#c44" if "limit" in name else "#888", linestyle=style, linewidth=1)
         ax.annotate(f"{name}: {value:,.0f}", (len(rows) - 0.5, value), ha="right", va="bottom", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("output tokens / s")
     ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7)
     return _save(fig, path)
 
 

@@ -419,9 +419,10 @@ def report(argv):
     rows = [(row, latest[label][0]) for label, row, _, _ in CHAPTER_ROWS if label in latest]
     ladder_rows = [(name, r["tokens_per_s"], f"{r['num_requests']} req" if r["num_requests"] < 256 else "")
                    for name, r in rows]
-    plots.ladder(ladder_rows, {"W1 floor (KV bytes / copy bandwidth)": ref["w1_floor_tokens_per_s"],
-                               "transformers CB sync": ref["transformers_continuous_batching_sync_tokens_per_s"],
-                               "transformers CB async": ref["transformers_continuous_batching_async_tokens_per_s"]},
+    plots.ladder(ladder_rows, {"limit: W1's KV bytes at the copy bandwidth": ref["w1_floor_tokens_per_s"],
+                               "transformers' continuous batching, full W1, as installed":
+                                   ref["transformers_continuous_batching_sync_tokens_per_s"],
+                               "the same, its async mode": ref["transformers_continuous_batching_async_tokens_per_s"]},
                  FIGURES / "ladder_w1.png", "W1 on one H200 (qwen3-0.6b shape, bf16): output tokens/s")
     ch02 = latest["ch02_padded"][0]
     plots.padding_waste(ch02["extra"], FIGURES / "padding_waste_w1.png",
@@ -510,10 +511,12 @@ def results_markdown() -> str:
                      f"{r['tokens_per_s'] / single[workload]:.2f}x | {step * 1e3:.2f} | {r['extra']['kv_capacity_tokens']:,} |")
     cpu = load("cpu_w1small.json")
     lines += ["", f"On a {cpu['environment']['cpu_count']}-core CPU (torch {cpu['environment']['torch']}), the tiny "
-              "model on W1-small in float32 (`python -m tools.bench`). With no GPU to overlap with, chapter 5's "
-              "streams and events are no-ops and its bookkeeping is pure cost:", "",
-              "| chapter | output tokens/s | TTFT p50 ms |", "| --- | ---: | ---: |"]
+              f"model on W1-small in float32, {cpu['environment'].get('threads', 1)} thread (`python -m tools.bench`; "
+              "each row the median of three runs, the spread in the data). Chapter 5's overlap is a worker thread "
+              "here, which Python's lock keeps from gaining much; chapters 6 and 7 do not compile or split on a CPU:", "",
+              "| chapter | output tokens/s | every run's tokens/s | TTFT p50 ms |", "| --- | ---: | --- | ---: |"]
     lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | "
+              f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra'].get('walls_s', []))} | "
               f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
               for r in cpu["results"]]
     env = load(W1_FILES[-1])["environment"]
