@@ -17,12 +17,12 @@
 # **What you will learn:** how to split one model over several GPUs so that each reads a part of the
 # weights and holds a part of the KV cache: Megatron's column- and row-parallel layers, one all-reduce
 # after attention and one after the MLP; how the ranks of one engine take the same decisions, as they
-# must or their collectives wait for ever; and where the all-reduces make more GPUs stop paying.
+# must or their collectives wait for ever; and what a GPU pays whole, however many share the model.
 #
-# A decode step reads every weight once: at the 8B shape 16 GB, 3.7 ms at an H200's 4.27 TB/s, whatever
-# the batch. Two GPUs that each read half the weights and hold half the KV cache would take half the time,
-# if they could share a step. Attention heads are independent, and so are the MLP's features, so each
-# *rank* (one process per GPU) takes half of them:
+# A decode step reads the weights once, whatever the batch: at the 8B shape 15 GB (all but the embedding
+# table), 3.5 ms at an H200's 4.27 TB/s. Two GPUs that each read half the weights and hold half the KV
+# cache would take half the time, if they could share a step. Attention heads are independent, and so are
+# the MLP's features, so each *rank* (one process per GPU) takes half of them:
 #
 # * **column-parallel** `qkv_proj` and `gate_up_proj`: a rank holds the output rows of its query heads, its
 #   KV heads and its MLP features, and computes them from the whole input. Its KV pool holds its heads;
@@ -38,8 +38,9 @@ import argparse
 import contextlib
 import functools
 import gc
+import json
 import os
-import statistics
+import shlex
 import sys
 import threading
 import time
@@ -54,7 +55,8 @@ from torch import nn
 
 from chapters import ch06_compiled
 from chapters.ch06_compiled import CompiledEngine
-from minigpt import Completions, ModelConfig, Request, Transformer, get_config
+from minigpt import Completions, ModelConfig, Request, Transformer, from_config, get_config, get_workload, save_results
+from minigpt.cli import measure
 from minigpt.metrics import FIGURES, console, load_results, results_table
 from minigpt.model import fused_sizes
 from minigpt.options import make_engine
@@ -279,13 +281,6 @@ def generate(model, requests: list[Request], **options) -> Completions:
 # preemptions. The cell runs chapters 1 to 7 on two CPU ranks; `--compare` checks their tokens.
 
 # %%
-def check_against_chapter1(model, requests: list[Request], **options) -> int:
-    from chapters import ch01_naive
-    from minigpt.reference import assert_same_tokens
-
-    return assert_same_tokens(generate, ch01_naive.generate, model, requests, **options)
-
-
 if __name__ == "__main__" and "get_ipython" in globals():
     import subprocess
 
@@ -300,7 +295,13 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `torchrun --nproc-per-node 2 -m chapters.ch07_tensor_parallel measure --out figures/h200_tp.json` runs W2-short
 # (the 8B shape), then W1, on one GPU (chapter 6 on rank 0, rank 1 waiting), then on both: tokens/s, the decode
 # step's GPU time, the KV pool at 0.9 of the memory the weights leave free, one all-reduce in a CUDA graph (1 to
-# 8192 tokens), one gloo broadcast. Both run uncompiled, decode in CUDA graphs: compiling would outlast the runs.
+# 8192 tokens), one gloo broadcast. The model runs eager (`compile='none'`), decode in CUDA graphs, all-reduces in
+# them: compiling each shape on each rank would not fit the run's time budget (two CPU ranks test that path). What
+# will not halve on two GPUs: the all-reduces, the LM head (whole on each rank) and the eager model's small kernels
+# (norms, RoPE, SwiGLU, residual adds), dozens a layer on each rank, each a few microseconds at any width. The cell
+# solves `t1 = fixed + work` (one GPU), `t2 = fixed + work/2 + all-reduces` (two): an estimate, as work that halves
+# less than exactly counts as fixed. W2-short checks it: a line through its steps (one batch, a growing cache) parts
+# the cache's share (the slope) from the rest.
 
 # %%
 def all_reduce_times(hidden: int, tokens=(1, 8, 32, 64, 256, 2048, 8192), repeat: int = 20) -> list[dict]:
@@ -340,11 +341,6 @@ def capacity(engine) -> int:  # KV tokens in the pool at the engine's memory fra
 
 def measure_tp(argv: list[str]):
     """Each workload on one GPU, then on every rank; rank 0 writes the JSON after each run."""
-    import shlex
-
-    from minigpt import from_config, get_workload, save_results
-    from minigpt.cli import measure
-
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node 2 -m chapters.ch07_tensor_parallel measure")
     p.add_argument("--workload", action="append", help="repeatable (default: W2-short, then W1)")
     p.add_argument("--out", required=True, help="the JSON file rank 0 writes")
@@ -375,74 +371,76 @@ def measure_tp(argv: list[str]):
             show_measurement(results)
 
 
-def show_measurement(results=None, path=FIGURES / "h200_tp.json"):
-    from rich.table import Table
+def decode_steps(r) -> np.ndarray:  # (GPU ms, tokens in the KV cache) of each decode step
+    return np.array([(1e3 * (s["gpu_end"] - s["gpu_start"]), t["kv_used"])
+                     for s, t in zip(r.extra["timeline"], r.extra["trace"]) if s["decode"]])
 
-    if results is None and not path.exists():
-        return print(f"The multi-GPU run has not been made: there is no {path.name} in figures/.")
-    results = results or load_results(path)
+
+def read_ms(nbytes: float) -> float:  # at the copy bandwidth that `tools.bench attention` measured
+    return nbytes / json.loads((FIGURES / "h200_attention.json").read_text())["copy_ceiling_tb_per_s"] / 1e9
+
+
+def show_measurement(results=None, path=FIGURES / "h200_tp.json"):  # the runs; each workload's step, split
+    results, per_layer = results or load_results(path), {}
     console.print(results_table(results, "Tensor parallelism on H200s"))
-    table = Table("run", "speed-up", "of ideal", "decode step ms", "all-reduces a step", "rank 0's clock",
-                  "KV pool, tokens", "W2 requests", title="Per decode step; the KV pool at 0.9 of free memory")
-    one = {}
-    for r in results:
-        e, n = r.extra, r.extra.get("world_size", 1)
-        step = 1e3 * statistics.median(s["gpu_end"] - s["gpu_start"] for s in e["timeline"] if s["decode"])
-        speedup = r.tokens_per_s / one.setdefault(r.workload, r).tokens_per_s
-        share = clock = ""
-        if rows := e.get("all_reduce"):  # 2 a layer, each at the size of the step's graph
-            batch = statistics.median([s["graph"] for s in e["trace"] if s["graph"]] or [1])
-            us = np.interp(batch, [x["tokens"] for x in rows], [x["us"] for x in rows])
-            ms = 2 * get_config(r.preset).num_hidden_layers * us / 1e3
-            share, clock = f"{ms:.2f} ({ms / step:.0%})", f"{e['clock_broadcasts']} x {e['clock_broadcast_us']:.0f} us"
-        table.add_row(r.chapter, f"{speedup:.2f}x", f"{speedup / n:.0%}", f"{step:.2f}", share, clock,
-                      f"{e['kv_capacity_tokens']:,}", f"{e['kv_capacity_tokens'] // (64 + 8192)}")
-    console.print(table)
-    return results
+    for one, two in zip(results[::2], results[1::2]):  # each workload on one GPU, then on all
+        c, e, steps = get_config(one.preset), two.extra, [decode_steps(r) for r in (one, two)]
+        graph = np.median([s["graph"] for s in e["trace"] if s["graph"]])  # all-reduces: 2 a layer, at this size
+        ar = 2 * c.num_hidden_layers * np.interp(graph, *zip(*[(x["tokens"], x["us"]) for x in e["all_reduce"]])) / 1e3
+        speedup, cases = two.tokens_per_s / one.tokens_per_s, {"median step": [np.median(s[:, 0]) for s in steps]}
+        print(f"{one.workload}, {e['world_size']} GPUs: {speedup:.2f}x, {speedup / e['world_size']:.0%} of ideal; "
+              f"all-reduces {ar:.2f} ms a step; rank 0's clock {e['clock_broadcasts']} x {e['clock_broadcast_us']:.0f} "
+              f"us; KV pool {one.extra['kv_capacity_tokens']:,} -> {e['kv_capacity_tokens']:,} tokens")
+        if len({t["graph"] for t in one.extra["trace"] if t["decode"]}) == 1:  # one batch throughout
+            (b1, a1), (b2, a2) = [np.polyfit(s[:, 1] / 1e3, s[:, 0], 1) for s in steps]
+            cases[f"empty cache (the cache: {1e3 * b1:.1f} -> {1e3 * b2:.1f} us a step per 1000 tokens)"] = a1, a2
+        for case, (t1, t2) in cases.items():
+            work = 2 * (t1 - t2 + ar)
+            per_layer[one.workload] = (t1 - work - read_ms(2 * c.hidden_size * c.vocab_size)) / c.num_hidden_layers
+            print(f"  {case}: {t1:.2f} -> {t2:.2f} ms: work {work:.2f}, fixed {t1 - work:.2f}, "
+                  f"{1e3 * per_layer[one.workload]:.0f} us a layer beside the LM head")
+    return results, per_layer
 
 
 if __name__ == "__main__" and "get_ipython" in globals():
-    committed = show_measurement()
+    committed, fixed_per_layer = show_measurement()
 
 # %% [markdown]
+# Both estimates agree: about 3.5 ms of the 8B step does not shrink, 0.1 ms a layer beside the LM head, as at W1's
+# layers a quarter as wide: small kernels, not bytes, which chapter 6's compiled model fuses (on one GPU, W1's step
+# from 7.5 to about 6.1 ms). The work halves (14 GB of layers at 93% of the copy bandwidth); the KV pool doubles.
+#
 # ## What comes next
 #
-# The all-reduces do not shrink as GPUs are added: each carries `batch x hidden` numbers, and a ring over
-# `N` GPUs sends `2(N-1)/N` times that from each, while the weights a GPU reads shrink as `1/N`. Take a 70B
-# shape (hidden 8192, 80 layers, 8 KV heads: at most 8 GPUs) at 32 requests, with the pair's latency (its
-# smallest all-reduce) and bandwidth (between its two largest). Until the run above exists both come from
-# two all-reduces of this pair in a CUDA graph, 16 MB in 90 us and 64 MB in 260 us: 296 GB/s, and 33 us
-# from the line through them, more than a small all-reduce takes. With these, 160 all-reduces cost about
-# 5.7 ms a step at 2, 4 or 8 GPUs (a low bound: a ring's latency grows with N) while the weight read falls
-# from 16.5 to 4.5 ms: at 8 GPUs each GPU does about half the work it does at 2. Tensor parallelism stops
-# paying where the weight read per GPU falls to the all-reduces' fixed cost.
-#
-# **Pipeline parallelism** splits by layers: each GPU holds a run of them and passes one activation
-# (0.5 MB) to the next, N-1 messages a step instead of 160 all-reduces. But the GPUs work in turn: a token
-# takes as long as on one GPU big enough, and throughput returns only with N batches in flight. Tensor
-# parallelism serves latency within a node, over NVLink; pipeline parallelism, capacity across nodes.
+# Add GPUs and a GPU's share of the read shrinks as `1/N`; the small kernels do not, nor the all-reduces (a ring
+# moves `2(N-1)/N` of each one's bytes in and out of each GPU). The cell builds a 70B shape's step (hidden 8192, 80
+# layers, 8 KV heads: 8 GPUs at most) from this chapter's measurements, the all-reduces from the pair's sweep (a low
+# bound: a ring's latency grows with `N`). Tensor parallelism stops paying where a GPU's share of the read falls to
+# what every GPU pays whole; fused kernels and more requests push that out. **Pipeline parallelism** gives each GPU
+# `1/N` of the layers and their small kernels, no all-reduce, but its stages take turns: `N` batches in flight, each
+# reading the weights anew, and a token waits for all `N`. Within a node tensor parallelism serves more, sooner.
 
 # %%
-def what_comes_next(results=None, batch: int = 32, hidden: int = 8192, layers: int = 80, ffn: int = 28672,
-                    vocab: int = 128256, kv_dim: int = 1024, ceiling_tb_s: float = 4.27):
-    """The 70B shape's decode step on N GPUs: the weight read against the all-reduces."""
-    rows = next((r.extra["all_reduce"] for r in results or [] if "all_reduce" in r.extra), None)
-    points = [(x["bytes"], x["us"]) for x in rows] if rows else [(16_777_216, 90.0), (67_108_864, 260.0)]
-    (b1, t1), (b2, t2) = points[-2], points[-1]
-    bandwidth = (b2 - b1) / (t2 - t1)  # bytes per microsecond
-    latency = points[0][1] if rows else t1 - b1 / bandwidth
-    layer_bytes, head_bytes = 2 * layers * hidden * (2 * hidden + 2 * kv_dim + 3 * ffn), 2 * hidden * vocab
-    console.print(f"all-reduce: {latency:.0f} us + bytes / {bandwidth / 1e3:.0f} GB/s", highlight=False)
-    for n in (2, 4, 8):
-        read = (layer_bytes / n + head_bytes) / (ceiling_tb_s * 1e6)  # microseconds; the LM head replicated
-        reduce = 2 * layers * (latency + 2 * (n - 1) / n * batch * hidden * 2 / bandwidth)
-        base = (read + reduce) * n if n == 2 else base
-        console.print(f"{n} GPUs: weights {read / 1e3:4.1f} ms + all-reduces {reduce / 1e3:3.1f} ms a step; each GPU "
-                      f"does {base / ((read + reduce) * n):.0%} of the work it does at 2", highlight=False)
+def what_comes_next(r, per_layer_ms: float, batch: int = 32):  # a 70B shape's decode step on N GPUs
+    (b, us), vocab = zip(*[(x["bytes"], x["us"]) for x in r.extra["all_reduce"]]), get_config(r.preset).vocab_size
+    print(f"all-reduce on 2 GPUs: {us[0]:.0f} us at {b[0]:,} bytes; {(b[-1] - b[-2]) / (us[-1] - us[-2]) / 1e3:.0f} "
+          f"GB/s from {b[-2] >> 20} to {b[-1] >> 20} MB")
+    h, L, ffn, kv = 8192, 80, 28672, 8 * 128  # the 70B shape: hidden, layers, MLP features, K (or V) width
+    layers, head, fixed = 2 * L * h * (2 * h + 2 * kv + 3 * ffn), 2 * h * vocab, per_layer_ms * L  # bytes, ms
+    cache = np.median(decode_steps(r)[:, 1]) / r.num_requests * 4 * L * kv  # a request's K and V (bf16), bytes
+    comm = lambda tokens: np.interp(tokens * h * 2, b, us) / 1e3  # ms, one all-reduce (or send) of `tokens` rows
+    for n in (2, 4, 8):  # tensor-parallel at `batch` and at n x `batch` requests; n stages, n batches in flight
+        read, tp = read_ms((layers + batch * cache) / n + head), 2 * L * comm(2 * (n - 1) / n * batch)
+        wide = read_ms((layers + n * batch * cache) / n + head) + fixed + 2 * L * comm(2 * (n - 1) * batch)
+        step, stage = read + fixed + tp, read + fixed / n + comm(batch)  # the last stage holds the LM head
+        print(f"{n} GPUs: {read:.1f} read + {fixed:.1f} small kernels + {tp:.1f} all-reduces = {step:.1f} ms: "
+              f"{1e3 * batch / step / n:.0f} tokens/s a GPU ({1e3 * batch / (step - fixed) / n:.0f} without small "
+              f"kernels); {n * batch} requests: tensor {1e3 * batch / wide:.0f} a GPU in {wide:.1f} ms steps, "
+              f"pipeline {1e3 * batch / stage / n:.0f} a GPU, {n * stage:.0f} ms a token")
 
 
 if __name__ == "__main__" and "get_ipython" in globals():
-    what_comes_next(committed)
+    what_comes_next(next(r for r in committed if "all_reduce" in r.extra), fixed_per_layer["W2-short"])
 
 # %% [markdown]
 # ## Exercises
