@@ -92,6 +92,8 @@ def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="default: float32 on the CPU, bfloat16 on a GPU")
     p.add_argument("--compare", action="store_true", help="also run the earlier chapters on the same requests")
+    p.add_argument("--repeat", type=positive_int, default=None,
+                   help="time each chapter this many times and show the median run (default: 3 on the CPU, 1 on a GPU)")
     p.add_argument("--compare-requests", type=positive_int, default=None,
                    help="with --compare: give ch01 and ch02 only the first N requests (they are slow)")
     p.add_argument("--model", default=None, help="a Hugging Face checkpoint instead of random weights: a local folder, "
@@ -150,6 +152,7 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
         opts = engine_options if name == chapter else {}
         try:
             results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress,
+                                   repeat=args.repeat or (3 if model.device.type == "cpu" else 1),
                                    tokens=tokens.setdefault(name, [])))
         except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
             if name != chapter:

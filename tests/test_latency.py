@@ -49,3 +49,13 @@ def test_percentiles_and_goodput():
     rows = [{"chapter": "a", "rate": r, "ttft": {"p90": t}, "tpot": {"p90": 0.01}} for r, t in ((1, 0.1), (2, 0.5), (4, 3.0))]
     rows.append({"chapter": "b", "rate": 1, "ttft": {"p90": 2.0}, "tpot": {"p90": 0.01}})
     assert goodput(rows, {"ttft_p90_s": 1.0, "tpot_p90_s": 0.05}) == {"a": 2, "b": 0.0}
+
+
+def test_the_latency_sweep_runs_and_draws(tmp_path):
+    from tools.bench import bench_latency
+
+    data = bench_latency(["--requests", "6", "--rates", "50,400", "--chapters", "ch02_padded,ch03_continuous",
+                          "--out", str(tmp_path / "sweep.json"), "--figure", str(tmp_path / "sweep.png")])
+    assert [(r["chapter"], r["rate"]) for r in data["results"]] == [
+        ("ch02_padded", 50.0), ("ch02_padded", 400.0), ("ch03_continuous", 50.0), ("ch03_continuous", 400.0)]
+    assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").stat().st_size > 0

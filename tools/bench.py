@@ -79,7 +79,7 @@ def run_chapters(argv):
     workload = get_workload(args.workload)
     dtype = default_dtype(args.device)
     model = from_config(args.preset or workload.preset, device=args.device, dtype=dtype)
-    requests = workload.requests(model.config.vocab_size, args.requests)
+    requests = workload.requests(model.config.vocab_size, args.requests, rate=args.rate, burst=args.burst)
     subsets = dict(args.subset)
     options: dict[str, dict] = {}
     for chapter, option in args.option:
@@ -257,7 +257,6 @@ def bench_latency(argv):
     add_common_arguments(p)
     p.add_argument("--chapters", default=",".join(LATENCY_CHAPTERS), help="comma-separated chapters")
     p.add_argument("--rates", default="5,10,20,40,80", help="requests a second, comma-separated")
-    p.add_argument("--burst", type=positive_int, default=1, help="requests arriving together")
     p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE")
     p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO: TTFT p90 at most this many seconds")
     p.add_argument("--slo-tpot", type=float, default=0.05, help="SLO: TPOT p90 at most this many seconds")
@@ -444,6 +443,9 @@ def report(argv):
     plots.running_requests({r["engine"]: r["running"] for r in memory["results"]}, FIGURES / "fixed_memory_w1.png",
                            f"W1's first {memory['num_requests']} requests in the same KV memory "
                            f"({memory['kv_tokens']:,} tokens): requests running per step")
+    sweep = load("cpu_latency.json")  # latency under load on the CPU (`bench latency`)
+    plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
+                          FIGURES / "cpu_latency.png", f"{sweep['workload']} on a CPU: latency under load")
     write_readme_results()
     for label in ("ch05_async@use_async=false", "ch05_async"):  # NOTES.md's W1 analysis, from the same data
         r = latest[label][0]
@@ -519,6 +521,15 @@ def results_markdown() -> str:
               f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra'].get('walls_s', []))} | "
               f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
               for r in cpu["results"]]
+    sweep = load("cpu_latency.json")
+    best = goodput(sweep["results"], sweep["slo"])
+    lines += ["", f"Latency under load on the same CPU ({sweep['workload']}, {sweep['results'][0]['requests']} requests "
+              f"arriving as a Poisson process; SLO: TTFT p90 at most {sweep['slo']['ttft_p90_s'] * 1e3:,.0f} ms and TPOT "
+              f"p90 at most {sweep['slo']['tpot_p90_s'] * 1e3:,.0f} ms; `cpu_latency.json`, drawn in "
+              "[figures/cpu_latency.png](figures/cpu_latency.png)); the H200 sweep is still to be made:", "",
+              "| chapter | largest rate within the SLO, requests/s |", "| --- | ---: |"]
+    lines += [f"| {chapter} | {rate:g} |" if rate else f"| {chapter} | none of those tried |" for chapter, rate in best.items()]
+    seen_cpu = [("cpu_latency.json", sweep["command"])]
     env = load(W1_FILES[-1])["environment"]
     lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
@@ -529,6 +540,7 @@ def results_markdown() -> str:
         if (f, command) not in seen:
             seen.append((f, command))
     seen += [(f, load(f)["command"]) for f in PEER_FILES + [W2_FILE, TP_FILE]] + [("cpu_w1small.json", cpu["command"])]
+    seen += seen_cpu
     lines += [f"- `{f}`: `{c.replace('/root/out/', '$OUT/')}`" for f, c in seen]  # $OUT: the device's output folder
     return "\n".join(lines)
 
