@@ -541,7 +541,8 @@ def results_markdown() -> str:
             seen.append((f, command))
     seen += [(f, load(f)["command"]) for f in PEER_FILES + [W2_FILE, TP_FILE]] + [("cpu_w1small.json", cpu["command"])]
     seen += seen_cpu
-    lines += [f"- `{f}`: `{c.replace('/root/out/', '$OUT/')}`" for f, c in seen]  # $OUT: the device's output folder
+    lines += [f"- `{f}`: `{c.replace('/root/out/', '$OUT/')}`" + (" (the bench's earlier name; today `tools.bench`)"
+              if "chapters.bench" in c else "") for f, c in seen]  # $OUT: the device's output folder
     return "\n".join(lines)
 
 
