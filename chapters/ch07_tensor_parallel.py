@@ -300,8 +300,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # will not halve on two GPUs: the all-reduces, the LM head (whole on each rank) and the eager model's small kernels
 # (norms, RoPE, SwiGLU, residual adds), dozens a layer on each rank, each a few microseconds at any width. The cell
 # solves `t1 = fixed + work` (one GPU), `t2 = fixed + work/2 + all-reduces` (two): an estimate, as work that halves
-# less than exactly counts as fixed. W2-short checks it: a line through its steps (one batch, a growing cache) parts
-# the cache's share (the slope) from the rest.
+# less than exactly counts as fixed; W2-short's steps (one batch, a growing cache) check it by a line's slope.
+# ![A decode step on one H200 and on two: the all-reduces and the rest](../figures/tp_step_split.png)
 
 # %%
 def all_reduce_times(hidden: int, tokens=(1, 8, 32, 64, 256, 2048, 8192), repeat: int = 20) -> list[dict]:

@@ -142,3 +142,22 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
     axes[0].legend(fontsize=7)
     fig.suptitle(title + " (dashed: the SLO; ring: the largest rate within it)", fontsize=10)
     return _save(fig, path)
+
+
+def step_split(runs: dict[str, list[tuple[str, float, float]]], path, title: str):
+    """A decode step's time on one GPU and on two, a bar each, split into the all-reduces and the rest;
+    runs: workload -> [(label, step ms, all-reduce ms)]."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
+    for ax, (workload, bars) in zip(axes[0], runs.items()):
+        labels = [b[0] for b in bars]
+        rest = [b[1] - b[2] for b in bars]
+        ax.bar(labels, rest, color="#357", label="the rest of the step")
+        ax.bar(labels, [b[2] for b in bars], bottom=rest, color="#c63", label="all-reduces")
+        for i, (_, step, _) in enumerate(bars):
+            ax.annotate(f"{step:.2f} ms", (i, step), ha="center", va="bottom", fontsize=8)
+        ax.set_title(workload, fontsize=9)
+        ax.set_ylim(0, max(b[1] for b in bars) * 1.15)
+        ax.set_ylabel("median decode step, ms")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

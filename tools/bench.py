@@ -443,6 +443,8 @@ def report(argv):
     plots.running_requests({r["engine"]: r["running"] for r in memory["results"]}, FIGURES / "fixed_memory_w1.png",
                            f"W1's first {memory['num_requests']} requests in the same KV memory "
                            f"({memory['kv_tokens']:,} tokens): requests running per step")
+    plots.step_split(tp_step_split(load(TP_FILE)), FIGURES / "tp_step_split.png",
+                     "chapter 7: a decode step on one H200 and on two (the all-reduces from the in-graph sweep)")
     sweep = load("cpu_latency.json")  # latency under load on the CPU (`bench latency`)
     plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
                           FIGURES / "cpu_latency.png", f"{sweep['workload']} on a CPU: latency under load")
@@ -457,6 +459,25 @@ def report(argv):
                       f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
                       f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
     console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE] + PEER_FILES)}")
+
+
+def tp_step_split(data: dict) -> dict[str, list[tuple[str, float, float]]]:
+    """Per workload: (run, median decode step ms, its all-reduces ms) for one GPU and two. A step's all-reduces
+    are two a layer at the step's batch size, timed by the run's in-graph sweep (interpolated)."""
+    import numpy as np
+
+    from minigpt import get_config
+
+    split = {}
+    for r in data["results"]:
+        workload, gpus = r["chapter"].split(", ")
+        steps = [(s["gpu_end"] - s["gpu_start"], s["tokens"]) for s in r["extra"]["timeline"] if s["graph"]]
+        step, batch = float(np.median([t for t, _ in steps])), float(np.median([n for _, n in steps]))
+        sweep = r["extra"].get("all_reduce")
+        reduce_ms = 0.0 if not sweep else 2 * get_config(r["preset"]).num_hidden_layers * float(
+            np.interp(batch, [x["tokens"] for x in sweep], [x["us"] for x in sweep])) / 1e3
+        split.setdefault(workload, []).append((gpus, step * 1e3, reduce_ms))
+    return split
 
 
 def results_markdown() -> str:
