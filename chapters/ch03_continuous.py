@@ -15,6 +15,7 @@
 # # Chapter 3: continuous batching
 #
 # ![Batch occupancy per step on W1](../figures/occupancy_w1.png)
+#
 # **What you will learn:** how to batch requests without padding, how a scheduler lets requests
 # join and leave the batch at every step, how a long prompt is prefilled in chunks beside other
 # requests' decode steps, and what reserving KV memory per request costs.
@@ -188,8 +189,8 @@ class SlotCache:
 #   query heads that share a KV head become `G` query rows of that head.
 # * **prompt chunks**, all in one call too: on the CPU (and in float32) one masked SDPA over their
 #   packed contexts (`packed_attention`), the mask keeping each chunk to its own sequence; most of its
-#   (tokens x context) scores are masked: 14 prompts in one step do 14x the useful work. On a GPU in half
-#   precision, FlashAttention's *variable-length* kernel (`varlen_attention`) computes only each chunk's
+#   (tokens x context) scores are masked: 14 prompts in one step compute 14 times the scores they need. In half
+#   precision on a GPU, FlashAttention's *variable-length* kernel (`varlen_attention`) computes only each chunk's
 #   own block. Both live in `minigpt/attention.py`.
 # ![One step of a tiny run: the flat batch and the prompt chunks' mask](../figures/idea_ragged_batch.png)
 
@@ -424,7 +425,6 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # Under load (`--rate 40`: requests arrive over time, 40 a second), a request joins at the next step
 # instead of waiting for a batch to form and finish, so its time to first token stays near a step's time
 # until the engine saturates. `python -m tools.bench latency` sweeps the rate for chapters 2-6:
-#
 # ![TTFT and TPOT against the request rate on this CPU](../figures/cpu_latency.png)
 
 # %%

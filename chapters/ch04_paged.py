@@ -234,7 +234,7 @@ class PagedScheduler(Scheduler):
 # Writing is chapter 3's code: a block pool viewed flat is just another cache with a token -> row
 # mapping. Reading for decode is the new part. The reference gathers each sequence's blocks into a
 # dense tensor and calls SDPA: correct, and on a GPU it copies the whole KV cache every layer before
-# reading it once more (`bench attention` measures how far below the copy bandwidth that stays).
+# reading it once more (`python -m tools.bench attention` measures how far below the copy bandwidth that stays).
 #
 # On the GPU a Triton kernel reads blocks where they lie (`minigpt/paged_kernel.py`: read it beside this
 # section). One program per (sequence, KV head, split): it loads the `G` query heads that share the KV

@@ -26,8 +26,8 @@
 # requests, not to *schedule* step N+1. So the CPU can prepare step N+1 while the GPU computes step N, if
 # we guard the six hazards that opens (each guard below says which it is):
 #
-# 1. inputs go into one of **two slots** of pinned host and device buffers; an event says when a slot's
-#    last copy and last use are done, and only then is it written again;
+# 1. inputs go into one of **two slots**: host buffers (pinned: page-locked, which the GPU copies from alone)
+#    and device buffers; an event says when a slot's last copy and last use are done, and only then is it rewritten;
 # 2. a token not yet known is a **placeholder** plus the row of the previous step's output holding it;
 #    the GPU fills it in before the forward;
 # 3. a request that finished at step N may already be in step N+1: its extra token is **dropped**, its
@@ -35,8 +35,8 @@
 # 4. blocks freed on the CPU may be reused while an older step still uses them: every kernel that touches
 #    the KV pool runs on **one compute stream**, so the reuse is ordered after the old use;
 # 5. a pinned host buffer is rewritten only after the **event** of the copy that read it;
-# 6. decode steps replay **CUDA graphs** that read fixed addresses: each slot's device buffer is the graph's
-#    input, written in place, never rebound.
+# 6. decode steps replay **CUDA graphs** (a step's kernel launches, recorded once, replayed by one call), which read
+#    fixed addresses: each slot's device buffer is the graph's input, written in place, never rebound.
 #
 # On the CPU the model's work runs on a *worker thread*, in order as on a stream, while the main thread
 # prepares the next step: every guard's logic runs there (`minigpt/streams.py` has the stand-ins).

@@ -113,9 +113,10 @@ def attend_opaquely(layer: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache:
 # attends over a small cache of its own (`ZeroAttention`), whose row count differs from every other size
 # the compiler sees: equal sizes share one symbol, and it would assume them equal ever after.
 #
-# With `cpp_wrapper=True` inductor writes the compiled function, the code that launches each kernel of the
-# step, in C++ instead of Python: the same kernels, launched without the interpreter in between, for a
-# compile that takes about twice as long. Where the C++ does not build (no compiler, no CUDA headers), the
+# *Inductor*, torch.compile's default backend, turns the traced graph into generated kernels (Triton on a
+# GPU, C++ on a CPU) and a function that launches them. With `cpp_wrapper=True` it writes that function in
+# C++ instead of Python: the same kernels, launched without the interpreter in between, for a compile that
+# takes about twice as long. Where the C++ does not build (no compiler, no CUDA headers), the
 # engine says so and keeps the Python.
 
 # %%
@@ -258,6 +259,11 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #    (TPOT), and how much does it add to the compile?
 #
 # Answers: `solutions/ch06_compiled.py`.
+#
+# ## What is left on the table
+#
+# One GPU's memory and bandwidth. A decode step reads every weight once and the whole KV cache; a larger
+# model, or more requests at once, needs more of both than one GPU has. Chapter 7 splits every layer over two.
 
 # %%
 OPTIONS = {**ch05_async.OPTIONS,  # NEW: the compiled model

@@ -445,8 +445,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run `torchrun --nproc-per-node 2 -m chapters.ch07_tensor_parallel --device cpu --requests 8`, then
-#    `python -m` alone. What do two CPU ranks cost, and why? (Count a step's all-reduces; time one.)
+# 1. Run `torchrun --nproc-per-node 2 -m chapters.ch07_tensor_parallel --device cpu --requests 8`, then the
+#    same without torchrun. What do two CPU ranks cost, and why? (Answers: `solutions/ch07_tensor_parallel.py`.)
 # 2. Give requests arrival times 5 ms apart: how many clock broadcasts (`--out`'s JSON) does a step make?
 # 3. Split the LM head (half the vocabulary a rank, then an all-gather): at 32 and at 256 requests, does it pay?
 

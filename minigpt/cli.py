@@ -62,6 +62,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def check_arguments(parser: argparse.ArgumentParser, args):
+    """What argparse cannot check alone: a GPU that is not there, more requests than the workload has."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here (this PyTorch is "
+                     f"{torch.__version__}); run on the CPU with --device cpu")
+    workload = get_workload(args.workload)
+    if args.requests and args.requests > workload.num_requests:
+        parser.error(f"--requests {args.requests}: {workload.name} has {workload.num_requests} requests")
+
+
 def set_threads(device: str, threads: int | None) -> int:
     """The number of CPU threads PyTorch computes with: fixed, so that CPU timings repeat. On a busy
     machine PyTorch's default (one per core) lets threads wait on each other and timings swing 10x."""
@@ -73,7 +83,8 @@ def set_threads(device: str, threads: int | None) -> int:
 
 def add_common_arguments(p: argparse.ArgumentParser):
     """What every command that runs a model takes: where, how many threads, which workload."""
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                   help="where the model runs (default: cuda when a GPU is visible)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads PyTorch uses (default on the CPU: 1, for timings that repeat)")
     p.add_argument("--workload", default="W1-small", choices=sorted(WORKLOADS), help="the requests to run")
@@ -133,6 +144,7 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     options = options or {}
     parser = parser_for(chapter, options)
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     threads = set_threads(args.device, args.threads)
     try:
         model, tokenizer = build_model(args)
@@ -227,7 +239,8 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     generate = chapter_module(name).generate
     # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
     # paid here, not in the run. (The first H200 runs warmed up with 8-token prompts only; NOTES.md.)
-    with stage(f"{name}: warming up (compiling, first use of each shape; not timed)", progress):
+    with stage(f"{name}: warming up, not timed (first use of each shape; compiling, where the chapter compiles)",
+               progress):
         for n, prompt_len in ((4, 8), (48, None)):
             warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
             generate(model, warm, **options)

@@ -138,7 +138,8 @@ def results_table(results: list[RunResult], title: str) -> Table:
         table.add_column(col, justify="left" if col == "chapter" else "right", no_wrap=True)
     prev, notes = None, []
     for r in results:
-        gain = f"{r.tokens_per_s / prev.tokens_per_s:.1f}x" if prev and prev.tokens_per_s else ""
+        same_work = prev and prev.workload == r.workload and prev.num_requests == r.num_requests
+        gain = f"{r.tokens_per_s / prev.tokens_per_s:.1f}x" if same_work and prev.tokens_per_s else ""
         cells = {"chapter": r.chapter, "requests": str(r.num_requests), "tokens/s": f"{r.tokens_per_s:,.0f}",
                  "gain": gain, "TTFT ms": f"{r.ttft_p50_s * 1e3:,.1f}", "TPOT ms": f"{r.tpot_p50_s * 1e3:,.2f}",
                  "wall s": f"{r.wall_s:.2f}"}

@@ -203,3 +203,13 @@ def test_gpu_exercises():
     compiled = s6.exercise_1("cuda")
     assert compiled["attention_calls"] == 4 and compiled["matmuls"] == 4
     assert set(s6.exercise_3_gpu()) == {False, True}
+
+
+def test_ch07_exercises_from_the_shape_and_the_committed_run():
+    from solutions import ch07_tensor_parallel as ch07
+
+    one = ch07.exercise_1()
+    assert one["all_reduces_a_step"] == 8 and 5 < one["floor_us"] < 50
+    assert {n for n, _ in ch07.exercise_2().values()} == {32, 256}
+    three = ch07.exercise_3()
+    assert three["gather_ms"][32] < three["saved_ms"] < three["gather_ms"][256]

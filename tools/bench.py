@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from minigpt import from_config, get_workload, results_table, save_results
-from minigpt.cli import CHAPTERS, add_common_arguments, default_dtype, measure, positive_int, set_threads
+from minigpt.cli import CHAPTERS, add_common_arguments, check_arguments, default_dtype, measure, positive_int, set_threads
 from minigpt.metrics import console, decode_phase, environment
 
 
@@ -66,6 +66,7 @@ def run_chapters(argv):
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    check_arguments(p, args)
     threads = set_threads(args.device, args.threads)
     known = set(CHAPTERS) | {"transformers_cb"}
     for label in args.chapters.split(","):
@@ -263,6 +264,7 @@ def bench_latency(argv):
     p.add_argument("--out", default=None, help="write the sweep as JSON here")
     p.add_argument("--figure", default=None, help="draw p90 TTFT and TPOT against the rate here (PNG)")
     args = p.parse_args(argv)
+    check_arguments(p, args)
     set_threads(args.device, args.threads)
     try:
         rates = [float(r) for r in args.rates.split(",")]
@@ -522,16 +524,16 @@ def results_markdown() -> str:
     tp = load(TP_FILE)
     lines += ["", "Two H200s of one host, tensor parallelism (chapter 7, its model eager, decode as CUDA graphs with the "
               f"all-reduces inside; commit {tp['environment']['commit']}):", "",
-              "| run | requests | output tokens/s | speed-up | mean decode step ms | KV pool, tokens |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    single = {}
+              "| run | requests | output tokens/s | speed-up | median decode step ms | its all-reduces ms | KV pool, tokens |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    single, split = {}, tp_step_split(tp)
     for r in tp["results"]:
         workload, gpus = r["chapter"].split(", ")
         single.setdefault(workload, r["tokens_per_s"])
-        step = sum(s["gpu_end"] - s["gpu_start"] for s in r["extra"]["timeline"] if s["graph"]) / max(
-            1, sum(1 for s in r["extra"]["timeline"] if s["graph"]))
+        _, step, reduce_ms = next(b for b in split[workload] if b[0] == gpus)
         lines.append(f"| {r['chapter']} | {r['num_requests']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tokens_per_s'] / single[workload]:.2f}x | {step * 1e3:.2f} | {r['extra']['kv_capacity_tokens']:,} |")
+                     f"{r['tokens_per_s'] / single[workload]:.2f}x | {step:.2f} | {reduce_ms:.2f} | "
+                     f"{r['extra']['kv_capacity_tokens']:,} |")
     cpu = load("cpu_w1small.json")
     lines += ["", f"On a {cpu['environment']['cpu_count']}-core CPU (torch {cpu['environment']['torch']}), the tiny "
               f"model on W1-small in float32, {cpu['environment'].get('threads', 1)} thread (`python -m tools.bench`; "
