@@ -161,3 +161,19 @@ def step_split(runs: dict[str, list[tuple[str, float, float]]], path, title: str
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def scaling(runs: dict[str, list[tuple[str, float]]], path, title: str):
+    """Output tokens/s on one GPU and on two, per workload, beside the ideal (twice the one-GPU rate)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i, (workload, bars) in enumerate(runs.items()):
+        for j, (gpus, rate) in enumerate(bars):
+            x = i * 3 + j
+            ax.bar(x, rate, color="#357" if j == 0 else "#c63")
+            ax.annotate(f"{gpus}\n{rate:,.0f}", (x, rate), ha="center", va="bottom", fontsize=7)
+        ax.hlines(2 * bars[0][1], i * 3 - 0.4, i * 3 + 1.4, colors="#888", linestyles="--", linewidth=1)
+    ax.set_xticks([i * 3 + 0.5 for i in range(len(runs))], list(runs))
+    ax.set_ylim(0, max(2 * b[0][1] for b in runs.values()) * 1.2)
+    ax.set_ylabel("output tokens / s")
+    ax.set_title(title + " (dashed: the ideal, twice one GPU)", fontsize=9)
+    return _save(fig, path)

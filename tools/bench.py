@@ -447,6 +447,11 @@ def report(argv):
                            f"({memory['kv_tokens']:,} tokens): requests running per step")
     plots.step_split(tp_step_split(load(TP_FILE)), FIGURES / "tp_step_split.png",
                      "chapter 7: a decode step on one H200 and on two (the all-reduces from the in-graph sweep)")
+    tp_runs = {}
+    for r in load(TP_FILE)["results"]:
+        workload, gpus = r["chapter"].split(", ")
+        tp_runs.setdefault(workload, []).append((gpus, r["tokens_per_s"]))
+    plots.scaling(tp_runs, FIGURES / "tp_scaling.png", "chapter 7 on H200s")
     sweep = load("cpu_latency.json")  # latency under load on the CPU (`bench latency`)
     plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
                           FIGURES / "cpu_latency.png", f"{sweep['workload']} on a CPU: latency under load")
