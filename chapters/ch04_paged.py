@@ -373,7 +373,6 @@ if __name__ == "__main__" and "get_ipython" in globals():
 
     show_committed("h200_w1_ch01_ch03.json", "W1 on one H200: chapter 3 (committed data)", ["ch03_continuous"])
     show_committed("h200_w1_arc.json", "W1 on one H200: chapter 4, the eager model (committed data)", ["ch04_paged"])
-    from chapters import ch03_continuous
     from minigpt import plots
 
     traces = {"ch03 slots": ch03_continuous.generate(demo_model, demo, max_batch_tokens=64).stats["trace"],

@@ -45,7 +45,6 @@
 from __future__ import annotations
 
 import gc
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 

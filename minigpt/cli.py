@@ -6,15 +6,16 @@ import importlib
 import shlex
 import sys
 
+from pathlib import Path
+
 import torch
 from rich.markup import escape
-
-from .engine import Request
-from .loading import from_config, load_pretrained, load_tokenizer, stream_text
 from rich.table import Table
 
-from .metrics import RunResult, console, describe, latency_summary, results_table, save_results, stage
 from .config import PRESETS
+from .engine import Request
+from .loading import from_config, load_pretrained, load_tokenizer, stream_text
+from .metrics import RunResult, console, describe, latency_summary, results_table, save_results, stage
 from .workloads import WORKLOADS, get_workload
 
 CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled",
@@ -27,8 +28,6 @@ def chapter_module(name: str):
 
 def chapter_summary(chapter: str) -> str:
     """The chapter's title and its "What you will learn" paragraph, from its opening markdown cell."""
-    from pathlib import Path
-
     lines = Path(chapter_module(chapter).__file__).read_text().splitlines()
     title = next((line[4:] for line in lines if line.startswith("# # ")), chapter)
     start = next((i for i, line in enumerate(lines) if "**What you will learn:**" in line), None)

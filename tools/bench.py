@@ -104,7 +104,7 @@ def run_chapters(argv):
             console.print(results_table(results[-1:], ""))
         if args.out:  # write as we go: a long run that is cut off keeps what it measured
             save_results(results, args.out, command="python -m tools.bench " + shlex.join(argv), failed=failed)
-    console.print(results_table(results, f"{workload.name} on {args.device}: {model.config.name}, {dtype}"))
+    console.print(results_table(results, f"{workload.name} on {args.device} ({threads} threads): {model.config.name}, {dtype}"))
 
 
 def copy_ceiling(nbytes: int = 2 << 30) -> float:
