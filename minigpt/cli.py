@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from contextlib import nullcontext
 import shlex
 import sys
 
@@ -15,7 +16,7 @@ from rich.table import Table
 from .config import PRESETS
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
-from .metrics import RunResult, console, describe, latency_summary, results_table, save_results, stage
+from .metrics import RunResult, console, describe, latency_summary, requests_live, results_table, save_results, stage
 from .workloads import WORKLOADS, get_workload
 
 CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled",
@@ -161,10 +162,12 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
         if name != chapter and args.compare_requests and name in ("ch01_naive", "ch02_padded"):
             subset = requests[: args.compare_requests]
         opts = engine_options if name == chapter else {}
+        live = args.rate and name == chapter and not args.no_progress  # watch the requests arrive and finish
         try:
-            results.append(measure(name, model, subset, workload.name, opts, progress=not args.no_progress,
-                                   repeat=args.repeat or (3 if model.device.type == "cpu" else 1),
-                                   tokens=tokens.setdefault(name, [])))
+            with requests_live(subset, f"{name} at {args.rate:g} requests a second") if live else nullcontext() as emit:
+                results.append(measure(name, model, subset, workload.name, opts, progress=emit or not args.no_progress,
+                                       repeat=args.repeat or (1 if live or model.device.type != "cpu" else 3),
+                                       tokens=tokens.setdefault(name, [])))
         except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
             if name != chapter:
                 raise

@@ -170,6 +170,35 @@ def token_progress(total: int, description: str, progress=True):
 
 
 @contextmanager
+def requests_live(requests: list, title: str):
+    """Yields `emit(request_index, token)` for an engine's `progress` option, and shows, live, how many requests
+    have arrived (by their arrival times, counted from the first token), run, and finished (their last token),
+    and the tokens so far: a serving engine under load, watched."""
+    from rich.live import Live
+
+    start, done = [], [0] * len(requests)  # start: when the first token came (warm-up runs emit none)
+
+    def view() -> Table:
+        now = time.perf_counter() - start[0] if start else 0.0
+        arrived = sum(r.arrival_time <= now for r in requests)
+        finished = sum(d >= r.max_new_tokens for d, r in zip(done, requests))
+        table = Table(title=f"{title}, {now:.1f} s", title_justify="left")
+        for col in ("arrived", "waiting or running", "finished", "tokens"):
+            table.add_column(col, justify="right")
+        table.add_row(str(arrived), str(arrived - finished), str(finished), f"{sum(done):,}")
+        return table
+
+    with Live(view(), console=console, refresh_per_second=8, transient=True) as live:
+        def emit(i: int, token: int):
+            start[:] = start or [time.perf_counter()]
+            done[i] += 1
+            live.update(view())
+
+        emit.view = view  # the table as it stands (the tests read it)
+        yield emit
+
+
+@contextmanager
 def stage(name: str, show: bool = True):
     """A one-time stage a run waits on (compiling, capturing graphs): a line with its name, then its seconds."""
     if not show:

@@ -59,3 +59,19 @@ def test_the_latency_sweep_runs_and_draws(tmp_path):
     assert [(r["chapter"], r["rate"]) for r in data["results"]] == [
         ("ch02_padded", 50.0), ("ch02_padded", 400.0), ("ch03_continuous", 50.0), ("ch03_continuous", 400.0)]
     assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_the_live_view_counts_arrivals_and_finished_requests():
+    from minigpt.metrics import requests_live
+
+    requests = minigpt.get_workload("W1-small").requests(1024, 4, rate=1000.0)
+    with requests_live(requests, "test") as emit:
+        cells = lambda: [column._cells[0] for column in emit.view().columns]  # noqa: E731
+        assert cells() == ["1", "1", "0", "0"]  # before any token: the first request, at t = 0
+        for _ in range(requests[0].max_new_tokens):
+            emit(0, 7)
+        assert cells()[2:] == ["1", str(requests[0].max_new_tokens)]  # the first one finished
+        for i, r in enumerate(requests[1:], 1):
+            for _ in range(r.max_new_tokens):
+                emit(i, 7)
+        assert cells()[2] == "4"
