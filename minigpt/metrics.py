@@ -18,7 +18,11 @@ from rich.table import Table
 
 from .engine import Completion
 
-console = Console(width=None if sys.stdout.isatty() else 150)  # logs get full-width tables
+# Logs get full-width tables. A process a notebook started (its environment says Jupyter, and may force
+# colour) but that is not the kernel writes plain text to its pipe.
+_kernel = "ipykernel" in sys.modules
+console = Console(width=None if sys.stdout.isatty() else 150, force_jupyter=None if _kernel else False,
+                  color_system="auto" if sys.stdout.isatty() or _kernel else None)
 
 
 class Clock:
