@@ -18,13 +18,10 @@ def check_int(chapter: str, name: str, value, minimum: int = 1, maximum: int | N
     return int(value)
 
 
-def check_number(chapter: str, name: str, value, low: float, high: float, low_allowed: bool = False) -> float:
-    """A finite number above `low` (or equal to it, when `low_allowed`) and at most `high`."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and (
-        low <= value <= high if low_allowed else low < value <= high)
-    if not ok:
-        raise ValueError(f"{chapter}: option {name} takes a number {'from' if low_allowed else 'above'} {low} "
-                         f"and at most {high}, got {value!r}")
+def check_number(chapter: str, name: str, value, low: float, high: float) -> float:
+    """A finite number above `low` and at most `high`."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not low < value <= high:
+        raise ValueError(f"{chapter}: option {name} takes a number above {low} and at most {high}, got {value!r}")
     return float(value)
 
 

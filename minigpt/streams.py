@@ -50,14 +50,6 @@ def wait(stream, event):
         event.synchronize()
 
 
-def seconds(event, ref, ref_host: float, clock_start: float) -> float:
-    """When `event` was reached, in seconds on a run's clock (started at `clock_start`, perf_counter): a CUDA
-    event by its time since `ref`, an event recorded `ref_host` seconds into the run; a host event by its own."""
-    if isinstance(event, HostEvent):
-        return event.time - clock_start
-    return ref.elapsed_time(event) / 1e3 + ref_host
-
-
 class StepTimeline:
     """Each step's host times (when the CPU began, prepared, launched, resolved it) and the events around its
     device work, kept per step as they resolve, and turned into seconds on the run's clock at the end."""
@@ -81,5 +73,12 @@ class StepTimeline:
         """Every step's host times, with "gpu_start" and "gpu_end": its device work, in seconds on the clock."""
         if self.cuda:
             torch.cuda.synchronize()
-        at = lambda event: seconds(event, self.ref, self.ref_host, self.clock.start)  # noqa: E731
-        return [{**times, "gpu_start": at(start), "gpu_end": at(end)} for times, (start, end) in self.steps]
+        return [{**times, "gpu_start": self.at_seconds(start), "gpu_end": self.at_seconds(end)}
+                for times, (start, end) in self.steps]
+
+    def at_seconds(self, event) -> float:
+        """When `event` was reached, in seconds on the run's clock: a CUDA event by its time since the zero
+        event (recorded `ref_host` seconds into the run), a host event by its own time."""
+        if isinstance(event, HostEvent):
+            return event.time - self.clock.start
+        return self.ref.elapsed_time(event) / 1e3 + self.ref_host

@@ -29,7 +29,7 @@ import time
 import torch
 
 import minigpt
-from chapters import ch01_naive, ch04_paged
+from chapters import ch04_paged
 from minigpt import Request
 
 

@@ -45,7 +45,7 @@ def test_another_copy_of_the_book_on_the_path_fails():
     """Two clones, the other one installed: the notebooks would run the other one's code."""
     out = io.StringIO()
     elsewhere = check.start([sys.executable, "-c", "print('/elsewhere/minigpt/__init__.py')"])
-    assert not check.check_book(report := check.Report(out), elsewhere)
+    assert not check.check_book(check.Report(out), elsewhere)
     assert "another copy" in out.getvalue() and "pip install -e ." in out.getvalue()
 
 

@@ -22,7 +22,7 @@ import torch
 
 from minigpt import from_config, get_workload, results_table, save_results
 from minigpt.cli import CHAPTERS, add_common_arguments, check_arguments, default_dtype, measure, positive_int, set_threads
-from minigpt.metrics import console, decode_phase, environment
+from minigpt.metrics import FIGURES, console, decode_phase, environment
 
 
 def parse_options(items: list[str]) -> dict:
@@ -376,7 +376,6 @@ def bench_profile(argv):
 
 
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
-FIGURES = Path(__file__).resolve().parent.parent / "figures"
 # W1 results, oldest first: a chapter's row comes from the last file that measured it.
 W1_FILES = ["h200_w1_ch01_ch03.json", "h200_w1_arc.json"]  # one commit; chapters 1-3, then 4-6
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment

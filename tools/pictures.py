@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from minigpt import Request, from_config, get_workload
+from minigpt.metrics import FIGURES
 
-FIGURES = Path(__file__).resolve().parent.parent / "figures"
 BLUE, LIGHT_BLUE, SAND, RED, GREY = "#357", "#8ab4d4", "#db8", "#c63", "#ddd"  # minigpt/plots.py's palette
 SLOT_COLOURS = ("#357", "#e8a33d")  # slot 0, slot 1
 REQUEST_COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
