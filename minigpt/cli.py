@@ -16,7 +16,8 @@ from rich.table import Table
 from .config import PRESETS
 from .engine import Request
 from .loading import from_config, load_pretrained, load_tokenizer, stream_text
-from .metrics import RunResult, console, describe, latency_summary, requests_live, results_table, save_results, stage
+from .metrics import (STAGES, RunResult, console, describe, latency_summary, requests_live, results_table,
+                      save_results, stage)
 from .workloads import WORKLOADS, get_workload
 
 CHAPTERS = ["ch01_naive", "ch02_padded", "ch03_continuous", "ch04_paged", "ch05_async", "ch06_compiled",
@@ -232,6 +233,19 @@ def same_tokens(tokens: dict[str, list[list[int]]]) -> str:
     return f"tokens: every chapter's equal {reference_name}'s, request by request"
 
 
+def warm_up_stages(name, model, requests, options: dict, progress: bool = True) -> list[tuple[str, float]]:
+    """Run chapter `name` on small and large batches, short and full prompts, 2 tokens each, untimed: kernels
+    compile and first-use costs (new shapes) are paid here, not in a timed run. Returns the stages it waited
+    on, each with its seconds: what a first run costs."""
+    first_stage = len(STAGES)
+    with stage(f"{name}: warming up, not timed (first use of each shape; compiling, where the chapter compiles)",
+               progress):
+        for n, prompt_len in ((4, 8), (48, None)):
+            warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
+            chapter_module(name).generate(model, warm, **options)
+    return STAGES[first_stage:]
+
+
 def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True,
             repeat: int = 1, tokens: list | None = None) -> RunResult:
     """Warm up (excluded), then time `repeat` runs of `name` from the first submit to the last token; the
@@ -239,13 +253,7 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     engine's time moves with the host's CPU, which on the H200 machines changes speed for seconds at a
     time (NOTES.md)."""
     generate = chapter_module(name).generate
-    # Small and large batches, short and full prompts: kernels compile and first-use costs (new shapes) are
-    # paid here, not in the run. (The first H200 runs warmed up with 8-token prompts only; NOTES.md.)
-    with stage(f"{name}: warming up, not timed (first use of each shape; compiling, where the chapter compiles)",
-               progress):
-        for n, prompt_len in ((4, 8), (48, None)):
-            warm = [Request(r.prompt_ids[:prompt_len], max_new_tokens=2, ignore_eos=True) for r in requests[:n]]
-            generate(model, warm, **options)
+    warm_up = warm_up_stages(name, model, requests, options, progress)
     runs = []
     for _ in range(max(repeat, 1)):
         completions = generate(model, requests, progress=progress, **options)
@@ -261,7 +269,7 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     if len(runs) > 1:
         note = ", ".join(filter(None, [note, f"median of {len(runs)} runs ({min(walls):.2f}-{max(walls):.2f} s)"]))
     extra = {**getattr(completions, "stats", {}), **({"walls_s": walls} if len(runs) > 1 else {}),
-             "latency": latency_summary(completions)}
+             "latency": latency_summary(completions), "stages": warm_up}
     return RunResult.from_completions(completions, wall, chapter=label or name, workload=workload,
                                       preset=model.config.name, device=model.device.type,
                                       dtype=str(model.dtype).removeprefix("torch."), note=note, extra=extra)

@@ -7,7 +7,7 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -202,16 +202,19 @@ def requests_live(requests: list, title: str):
         yield emit
 
 
+STAGES: list[tuple[str, float]] = []  # every stage this process waited on, (name, seconds), shown or not
+
+
 @contextmanager
 def stage(name: str, show: bool = True):
-    """A one-time stage a run waits on (compiling, capturing graphs): a line with its name, then its seconds."""
-    if not show:
-        yield
-        return
+    """A one-time stage a run waits on (compiling, capturing graphs): a line with its name, then its seconds.
+    The seconds are kept in `STAGES` too, for the bench to save."""
     start = time.perf_counter()
-    with console.status(f"{name}...", spinner="dots"):
+    with console.status(f"{name}...", spinner="dots") if show else nullcontext():
         yield
-    console.print(f"{name}: {time.perf_counter() - start:.1f} s", highlight=False)
+    STAGES.append((name, time.perf_counter() - start))
+    if show:
+        console.print(f"{name}: {STAGES[-1][1]:.1f} s", highlight=False)
 
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"  # the book's committed data and figures

@@ -90,14 +90,18 @@ def test_bench_runs_the_transformers_peer_and_survives_its_failure(tmp_path):
 
     out = tmp_path / "b.json"
     run = subprocess.run([sys.executable, "-m", "tools.bench", "--device", "cpu", "--chapters",
-                          "transformers_cb@use_async=true,transformers_cb,ch01_naive", "--subset", "transformers_cb=6",
+                          "transformers_cb@use_async=true,transformers_cb,transformers_cb@deadline_s=0,ch01_naive",
+                          "--subset", "transformers_cb=6",
                           "--subset", "ch01_naive=6", "--no-progress", "--out", str(out)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "transformers_cb@use_async=true failed" in run.stdout and "CUDA" in run.stdout
     results = {r["chapter"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(results) == {"transformers_cb", "ch01_naive"}
+    assert set(results) == {"transformers_cb", "transformers_cb@deadline_s=0", "ch01_naive"}
     assert results["transformers_cb"]["output_tokens"] == results["ch01_naive"]["output_tokens"]  # EOS ignored
+    assert "CUDA graphs" in results["transformers_cb"]["note"] and results["transformers_cb"]["extra"]["finished"]
+    cut = results["transformers_cb@deadline_s=0"]  # a run cut at its deadline says so, with no throughput
+    assert "cut at its 0 s deadline with 0 of 6 requests done" in cut["note"] and cut["tokens_per_s"] != cut["tokens_per_s"]
 
 
 @pytest.mark.slow
@@ -109,5 +113,5 @@ def test_transformers_continuous_batching_gives_our_tokens():
 
     model = minigpt.from_config("tiny")
     requests = minigpt.get_workload("W1-small").requests(model.config.vocab_size, 8)
-    tokens, _, _ = transformers_generate(model, requests)
+    tokens = transformers_generate(model, requests)["tokens"]
     assert tokens == [c.tokens for c in ch01_naive.generate(model, requests)]

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from minigpt import from_config, get_workload, results_table, save_results
-from minigpt.cli import CHAPTERS, add_common_arguments, check_arguments, default_dtype, measure, positive_int, set_threads
+from minigpt.cli import (CHAPTERS, add_common_arguments, check_arguments, default_dtype, measure, positive_int,
+                         set_threads, warm_up_stages)
 from minigpt.metrics import FIGURES, console, decode_phase, environment
 
 
@@ -116,12 +117,13 @@ def copy_ceiling(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") / 1e9
 
 
-def transformers_generate(model, requests, use_async: bool = False, deadline_s: float = 600.0
-                          ) -> tuple[list[list[int]], float, str]:
+def transformers_generate(model, requests, use_async: bool = False, use_cuda_graph: bool | None = None,
+                          block_size: int = 256, deadline_s: float = 600.0) -> dict:
     """transformers' own continuous batching (`continuous_batching_context_manager`) on the same weights and
-    requests, EOS ignored, each request with its own max_new_tokens. Returns each request's tokens, the wall
-    time from the first request to the last result (its warm-up excluded) and the attention it ran. Its async mode
-    needs CUDA. Gives up (RuntimeError) when the requests are not all done after `deadline_s`."""
+    requests, EOS ignored, each request with its own max_new_tokens, in the configuration given (its async mode
+    and CUDA graphs need CUDA; `use_cuda_graph=None` lets it decide). Stops waiting after `deadline_s`. Returns
+    the finished requests' tokens, the wall time from the first request to the last result (its warm-up
+    excluded), whether all finished, and the attention it ran."""
     import time
 
     import transformers
@@ -136,19 +138,17 @@ def transformers_generate(model, requests, use_async: bool = False, deadline_s: 
                                            max_new_tokens=max(r.max_new_tokens for r in requests))
     hints = WorkloadHints(max_prompt_length=max(len(r.prompt_ids) for r in requests),
                           max_generated_length=config.max_new_tokens, num_requests=len(requests))
-    manager_cm = hf.continuous_batching_context_manager(
-        generation_config=config, continuous_batching_config=ContinuousBatchingConfig(use_async_batching=use_async),
-        block=True, timeout=5, warmup=True, workload_hints=hints)
+    batching = ContinuousBatchingConfig(use_async_batching=use_async, use_cuda_graph=use_cuda_graph,
+                                        block_size=block_size)
+    manager_cm = hf.continuous_batching_context_manager(generation_config=config, continuous_batching_config=batching,
+                                                        block=True, timeout=5, warmup=True, workload_hints=hints)
     done = {}
     with manager_cm as manager:
-        attention = hf.config._attn_implementation  # without flash-attn installed: "paged|sdpa", masks, no graphs
+        attention = hf.config._attn_implementation  # without flash-attn installed: "paged|sdpa"
         start = time.perf_counter()
         for i, r in enumerate(requests):
             manager.add_request(r.prompt_ids, request_id=f"r{i}", max_new_tokens=r.max_new_tokens)
-        while len(done) < len(requests):
-            if time.perf_counter() - start > deadline_s:
-                tokens = sum(len(r.generated_tokens) for r in done.values())
-                raise RuntimeError(f"{len(done)} of {len(requests)} requests ({tokens} tokens) done after {deadline_s:.0f} s")
+        while len(done) < len(requests) and time.perf_counter() - start < deadline_s:
             result = manager.get_result(timeout=1)
             if result is not None and result.error:  # it fails the requests in flight when its loop fails
                 raise RuntimeError(f"its request {result.request_id} failed after {len(done)} of {len(requests)} "
@@ -158,21 +158,32 @@ def transformers_generate(model, requests, use_async: bool = False, deadline_s: 
             elif result is None and not manager.is_running():
                 raise RuntimeError(f"its manager stopped with {len(done)} of {len(requests)} requests done")
         wall = time.perf_counter() - start
-    return [list(done[f"r{i}"].generated_tokens) for i in range(len(requests))], wall, attention
+    tokens = [list(done[f"r{i}"].generated_tokens) for i in range(len(requests)) if f"r{i}" in done]
+    return {"tokens": tokens, "wall_s": wall,
+            "finished": len(done) == len(requests), "attention": attention, "graphs": batching.use_cuda_graph}
 
 
 def transformers_cb(model, requests, workload: str, device: str, label: str, **options):
-    """transformers' continuous batching as one more row of the bench (options: use_async, deadline_s)."""
+    """transformers' continuous batching as one more row of the bench, in the configuration its options name
+    (use_async, use_cuda_graph, block_size, deadline_s). A run cut at its deadline is a row that says so, with
+    what it did and no throughput."""
     import transformers
 
     from minigpt import RunResult
 
-    tokens, wall, attention = transformers_generate(model, requests, **options)
-    total = sum(len(t) for t in tokens)
+    run = transformers_generate(model, requests, **options)
+    total = sum(len(t) for t in run["tokens"])
+    graphs = run["graphs"]  # what it decided, where it was left to decide
+    config = (f"{'async' if options.get('use_async') else 'sync'}, CUDA graphs {graphs}, "
+              f"block_size {options.get('block_size', 256)}, {run['attention']}")
+    cut = "" if run["finished"] else (f"; cut at its {run['wall_s']:.0f} s deadline with {len(run['tokens'])} of "
+                                      f"{len(requests)} requests done")
     return RunResult(chapter=label, workload=workload, preset=model.config.name, device=device,
                      dtype=str(model.dtype).removeprefix("torch."), num_requests=len(requests), output_tokens=total,
-                     wall_s=wall, tokens_per_s=total / wall, ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
-                     note=f"transformers {transformers.__version__} {'async' if options.get('use_async') else 'sync'}, {attention}")
+                     wall_s=run["wall_s"], tokens_per_s=total / run["wall_s"] if run["finished"] else float("nan"),
+                     ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
+                     note=f"transformers {transformers.__version__}, {config}{cut}",
+                     extra={"finished": run["finished"], "config": {**options, "use_cuda_graph": str(graphs)}})
 
 
 def bench_attention(argv):
@@ -261,6 +272,8 @@ def bench_latency(argv):
     p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE")
     p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO: TTFT p90 at most this many seconds")
     p.add_argument("--slo-tpot", type=float, default=0.05, help="SLO: TPOT p90 at most this many seconds")
+    p.add_argument("--every-rate", action="store_true",
+                   help="run every rate; by default a chapter stops at the first rate where it misses the SLO")
     p.add_argument("--out", default=None, help="write the sweep as JSON here")
     p.add_argument("--figure", default=None, help="draw p90 TTFT and TPOT against the rate here (PNG)")
     args = p.parse_args(argv)
@@ -278,11 +291,12 @@ def bench_latency(argv):
     options = {}
     for chapter, option in args.option:
         options.setdefault(chapter, {}).update(option)
-    rows = []
+    slo = {"ttft_p90_s": args.slo_ttft, "tpot_p90_s": args.slo_tpot}
+    rows, stages = [], {}
     for chapter in chapters:
         generate, opts = chapter_module(chapter).generate, options.get(chapter, {})
-        generate(model, workload.requests(model.config.vocab_size, 8), **opts)  # warm-up: compile, first shapes
-        for rate in rates:
+        stages[chapter] = warm_up_stages(chapter, model, workload.requests(model.config.vocab_size), opts, False)
+        for rate in sorted(rates):
             requests = workload.requests(model.config.vocab_size, args.requests, rate=rate, burst=args.burst)
             completions = generate(model, requests, **opts)
             wall = max(c.token_times[-1] for c in completions if c.token_times)
@@ -292,12 +306,15 @@ def bench_latency(argv):
             r = rows[-1]
             console.print(f"{chapter} at {rate:g} req/s: TTFT p90 {r['ttft']['p90'] * 1e3:,.0f} ms, TPOT p90 "
                           f"{r['tpot']['p90'] * 1e3:,.1f} ms, {r['tokens_per_s']:,.0f} tokens/s", highlight=False)
-    slo = {"ttft_p90_s": args.slo_ttft, "tpot_p90_s": args.slo_tpot}
+            if not args.every_rate and not goodput([r], slo)[chapter]:
+                console.print(f"{chapter}: misses the SLO at {rate:g} req/s; higher rates only queue longer, not run",
+                              highlight=False)
+                break
     for chapter, rate in goodput(rows, slo).items():
         console.print(f"{chapter}: sustains {rate:g} req/s within the SLO" if rate else
                       f"{chapter}: misses the SLO at every rate tried", highlight=False)
     data = {"command": "python -m tools.bench latency " + shlex.join(argv), "environment": environment(),
-            "workload": workload.name, "preset": model.config.name, "slo": slo, "results": rows}
+            "workload": workload.name, "preset": model.config.name, "slo": slo, "stages": stages, "results": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
     if args.figure:
