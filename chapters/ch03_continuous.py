@@ -420,18 +420,18 @@ if __name__ == "__main__" and "get_ipython" in globals():
 #
 # `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests (the cell below
 # prints the H200's committed run). Look at the KV memory line: a slot is as long as the longest request
-# may grow, and a request fills it only at its last step, so most of the reserved memory holds nothing.
+# may grow, and a request fills it only at its last step: most of the reserved memory holds nothing.
 #
-# Under load (`--rate 40`: requests arrive over time, 40 a second), a request joins at the next step
-# instead of waiting for a batch to form and finish, so its time to first token stays near a step's time
-# until the engine saturates. `python -m tools.bench latency` sweeps the rate for chapters 2-6:
-# ![TTFT and TPOT against the request rate on this CPU](../figures/cpu_latency.png)
+# Under load (`--rate 40`: 40 requests a second), a request joins at the next step instead of waiting for a
+# batch to finish: its TTFT p90 is about a step (13 ms at 20 a second on this CPU; chapter 2's, 812 ms). Its
+# limit is the time between tokens, a slow decode step: 64 ms p90 on the H200 at 4 requests a second.
+# ![TTFT and TPOT against the request rate on this CPU, `python -m tools.bench latency`](../figures/cpu_latency.png)
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1_ch01_ch03.json", "W1 on one H200 (committed data)")
+    show_committed("h200_w1_ch03.json", "W1 on one H200 (committed data)")
     from minigpt import plots
 
     plots.occupancy(generate(demo_model, demo, max_batch_tokens=64).stats["trace"], None, "this run, step by step")

@@ -365,14 +365,17 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # gathering the blocks and calling SDPA reaches 26% (`figures/h200_attention.json`). And in the same KV
 # memory, more requests run at once: W1's first 64 requests in room for 8 of the longest ran 7.4 at a
 # time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m tools.bench memory`). Under
-# load that moves the knee: where requests wait for memory, blocks admit them sooner (the latency sweep).
+# load that moves the knee wherever requests wait for memory. The H200 latency sweep's 32 requests fit in
+# either cache, so there the kernel is what counts: 17 ms p90 between tokens at 64 requests a second, where
+# chapter 3 took 64 ms at 4 (`figures/h200_latency.png`). At 4 a second it is 25 ms: arrivals spread out, so
+# each newcomer's prompt chunk shares, and lengthens, the steps of the requests decoding beside it.
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1_ch01_ch03.json", "W1 on one H200: chapter 3 (committed data)", ["ch03_continuous"])
-    show_committed("h200_w1_arc.json", "W1 on one H200: chapter 4, the eager model (committed data)", ["ch04_paged"])
+    show_committed("h200_w1_ch03.json", "W1 on one H200: chapter 3 (committed data)", ["ch03_continuous"])
+    show_committed("h200_w1.json", "W1 on one H200: chapter 4, the eager model (committed data)", ["ch04_paged"])
     from minigpt import plots
 
     traces = {"ch03 slots": ch03_continuous.generate(demo_model, demo, max_batch_tokens=64).stats["trace"],

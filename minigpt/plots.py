@@ -139,6 +139,9 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("requests a second")
         ax.set_ylabel(label)
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))  # 1, 2, 5, 10, 20, 50...
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 50, not 5 x 10^1
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].legend(fontsize=7)
     fig.suptitle(title + " (dashed: the SLO; ring: the largest rate within it)", fontsize=10)
     return _save(fig, path)

@@ -372,7 +372,7 @@ class TimelineCapture:
         return range(1, len(self.steps) - 1)
 
 
-H200_FILE = FIGURES / "h200_w1_arc.json"
+H200_FILE = FIGURES / "h200_w1.json"
 
 
 def window(timeline: list[dict], first: int, steps: int) -> list[dict]:
