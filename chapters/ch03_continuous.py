@@ -419,12 +419,12 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # ## The measurement
 #
 # `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests (the cell below
-# prints the H200's committed run). Look at the KV memory line: a slot is as long as the longest request
+# prints chapter 3's committed H200 run). Look at the KV memory line: a slot is as long as the longest request
 # may grow, and a request fills it only at its last step: most of the reserved memory holds nothing.
 #
 # Under load (`--rate 40`: 40 requests a second), a request joins at the next step instead of waiting for a
-# batch to finish: its TTFT p90 is about a step (13 ms at 20 a second on this CPU; chapter 2's, 812 ms). Its
-# limit is the time between tokens, a slow decode step: 64 ms p90 on the H200 at 4 requests a second.
+# batch to finish: in the committed 2-core CPU sweep its TTFT p90 is 14 ms at 40 a second, chapter 2's 439.
+# Its limit is the time between tokens, a slow decode step: 64 ms p90 on the H200 at 4 requests a second.
 # ![TTFT and TPOT against the request rate on this CPU, `python -m tools.bench latency`](../figures/cpu_latency.png)
 
 # %%

@@ -366,9 +366,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # memory, more requests run at once: W1's first 64 requests in room for 8 of the longest ran 7.4 at a
 # time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m tools.bench memory`). Under
 # load that moves the knee wherever requests wait for memory. The H200 latency sweep's 32 requests fit in
-# either cache, so there the kernel is what counts: 17 ms p90 between tokens at 64 requests a second, where
-# chapter 3 took 64 ms at 4 (`figures/h200_latency.png`). At 4 a second it is 25 ms: arrivals spread out, so
-# each newcomer's prompt chunk shares, and lengthens, the steps of the requests decoding beside it.
+# either cache, so there the step decides: at 4 requests a second, 25 ms p90 between tokens against chapter
+# 3's 64 (`figures/h200_latency.png`). What is left of chapter 4's step is mostly the CPU launching the
+# eager model's kernels one by one, which the next chapter hides.
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():

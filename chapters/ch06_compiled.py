@@ -230,7 +230,7 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # %% [markdown]
 # ## The measurement
 #
-# `python -m tools.bench --device cuda --workload W1 --repeat 3 --chapters ch04_paged,ch05_async,ch06_compiled --option ...:max_batch_tokens=8192`
+# `python -m tools.bench --device cuda --workload W1 --repeat 3 --chapters ch04_paged,ch05_async,ch05_async@use_async=false,ch06_compiled --option ...:max_batch_tokens=8192`
 # runs chapters 4-6 on the same requests, one after the other in one process; the cell below prints that
 # run on the H200 from its committed data, then an earlier one with the C++ wrapper beside. Compiling takes the
 # decode step's GPU time from about 7.4 ms to about 6.1 ms (the profile's small kernels, fused) and so the

@@ -174,7 +174,8 @@ def transformers_generate(model, requests, use_async: bool = False, use_cuda_gra
     tokens = [list(done[f"r{i}"].generated_tokens) for i in range(len(requests)) if f"r{i}" in done]
     return {"tokens": tokens, "wall_s": wall,
             "finished": len(done) == len(requests), "attention": attention, "graphs": batching.use_cuda_graph,
-            "warm_up_failed": any("Failed to warm up" in r.getMessage() for r in warnings.buffer)}
+            "warm_up_failed": any("Failed to warm up" in r.getMessage() for r in warnings.buffer),
+            "errors": [r.getMessage() for r in warnings.buffer if r.levelno >= logging.ERROR]}
 
 
 def transformers_cb(model, requests, workload: str, device: str, label: str, **options):
@@ -191,6 +192,7 @@ def transformers_cb(model, requests, workload: str, device: str, label: str, **o
     config = (f"{'async' if options.get('use_async') else 'sync'}, CUDA graphs {graphs}, "
               f"block_size {options.get('block_size', 256)}, {run['attention']}")
     cut = "; its warm-up failed, so its timed run includes it" if run["warm_up_failed"] else ""
+    cut += f"; its loop logged: {run['errors'][0]}" if run["errors"] else ""
     cut += "" if run["finished"] else (f"; cut at its {run['wall_s']:.0f} s deadline with {len(run['tokens'])} of "
                                       f"{len(requests)} requests done")
     return RunResult(chapter=label, workload=workload, preset=model.config.name, device=device,
@@ -529,25 +531,31 @@ def run_spread(r: dict) -> str:
 
 
 def first_run_stages(cold: list, warm: list) -> list[tuple[str, float, float]]:
-    """(stage, cold s, warm s) for each stage a chapter's warm-up waited on, in order, each name once (the first
-    time it ran: later ones reuse what it built), leaving out those that took no time."""
-    seen, out = set(), []
-    warm_s = {}
-    for name, seconds in warm:
-        warm_s.setdefault(name, seconds)
-    for name, seconds in cold:
-        if name not in seen and max(seconds, warm_s.get(name, 0.0)) >= 0.05:
-            seen.add(name)
-            out.append(("the whole warm-up" if "warming up" in name else name, seconds, warm_s.get(name, float("nan"))))
-    return out
+    """(stage, cold s, warm s) for each stage a chapter's warm-up waited on, in order, its repeats summed (the
+    warm-up runs the engine twice: a second engine captures its graphs again), without those that took no time."""
+    def totals(stages):
+        out = {}
+        for name, seconds in stages:
+            out[name] = out.get(name, 0.0) + seconds
+        return out
+
+    cold_s, warm_s = totals(cold), totals(warm)
+    return [("the whole warm-up" if "warming up" in name else name, seconds, warm_s.get(name, float("nan")))
+            for name, seconds in cold_s.items() if max(seconds, warm_s.get(name, 0.0)) >= 0.05]
 
 
 def results_markdown() -> str:
     """The README's results section, from the JSON files alone."""
     latest = w1_results()
     w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
-    lines = ["| chapter | idea | runs | H200 output tokens/s on W1 | its 3 runs | gain over the previous "
-             "| requests run | commit |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    w1_tokens = latest["ch03_continuous"][0]["output_tokens"]  # all of W1
+    minutes = {c: w1_tokens / latest[c][0]["tokens_per_s"] / 60 for c in ("ch01_naive", "ch02_padded")}
+    lines = [f"Every W1 row below comes from one commit ({', '.join(sorted({load(f)['environment']['commit'] for f in W1_FILES}))}), "
+             "measured one chapter after another on one machine, in three processes (chapters 1-2, 3, 4-6: the files "
+             "are listed at the end), the peer after them. Chapters 1 and 2 ran a stated subset of W1: all of it "
+             f"would take them about {minutes['ch01_naive']:.0f} and {minutes['ch02_padded']:.0f} minutes at these rates.",
+             "", "| chapter | idea | runs | H200 output tokens/s on W1 | its runs, slowest-fastest | gain over the "
+             "previous | requests run | commit |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     prev = None
     for label, name, idea, runs in CHAPTER_ROWS:
         r, f, _ = latest[label]
@@ -559,25 +567,39 @@ def results_markdown() -> str:
         prev = r["tokens_per_s"]
     search, full = load(PEER_SEARCH), load(PEER_FILE)
     peer, top = full["results"][0], latest["ch06_compiled"][0]
-    failed_warmups = (FIGURES / PEER_LOG).read_text().count("Failed to warm up")
+    log = (FIGURES / PEER_LOG).read_text()
+    failed_warmups = log.count("Failed to warm up")
+    loop_errors = [line.split(" - ERROR - ")[1] for line in log.splitlines() if " - ERROR - " in line]
+    as_installed = load("reference_h200.json")["transformers_continuous_batching_sync_tokens_per_s"]
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
     lines += ["", f"**Chapter 6 against transformers' own continuous batching on full W1, in the same run: "
               f"{top['tokens_per_s']:,.0f} against {peer['tokens_per_s']:,.0f} output tokens/s, "
-              f"{top['tokens_per_s'] / peer['tokens_per_s']:.0f}x.** The peer ran on the same machine, weights and "
-              f"requests (EOS ignored), each configuration below first on W1's first "
-              f"{search['results'][0]['num_requests']} requests, then the fastest on all 256; a configuration that "
-              "does not finish within its deadline says what it did:", "",
-              "| transformers_cb configuration | requests | output tokens/s | wall s | what it ran |",
+              f"{top['tokens_per_s'] / peer['tokens_per_s']:.0f}x; "
+              f"{top['tokens_per_s'] / as_installed:.0f}x against the {as_installed:,} it ran once earlier as "
+              "installed (without CUDA graphs, `figures/reference_h200.json`)" +
+              (", with its warm-up failed in this run (below)" if failed_warmups else "") + ".** "
+              "The peer ran on the same machine, weights and requests (EOS ignored), each configuration below "
+              f"first on W1's first {search['results'][0]['num_requests']} requests, then the fastest on all 256. "
+              "A configuration is its options joined by `+`: `use_cuda_graph`, `block_size` (tokens a KV block), "
+              "`use_async` are transformers' own; `deadline_s` is the bench's, the seconds after which it stops "
+              "waiting and the row says what was done. `paged|sdpa` is the attention it ran (its paged cache "
+              "with PyTorch's SDPA; flash-attn is not installed):", "",
+              "| transformers_cb configuration | requests sent | output tokens/s | wall s | what it ran |",
               "| --- | ---: | ---: | ---: | --- |"]
     for r in search["results"] + full["results"]:
         speed = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] == r["tokens_per_s"] else "did not finish"
         lines.append(f"| `{r['chapter'].removeprefix('transformers_cb@')}` | {r['num_requests']} | {speed} | "
                      f"{r['wall_s']:.1f} | {cell(r['note'])} |")
-    if failed_warmups:
-        lines += ["", f"Its log (`figures/{PEER_LOG}`) shows its warm-up running out of GPU memory "
-                  f"{failed_warmups} times in this run: it sizes its KV cache from the free memory, then its "
-                  "warm-up asks for more. It then captures its CUDA graphs inside the timed run, so these rows are "
-                  "below what it can do once warm; NOTES.md has the next run's configuration."]
+    if failed_warmups or loop_errors:
+        graphs_sync = sum(1 for r in search["results"] + full["results"]
+                          if "CUDA graphs True" in r["note"] and ", sync," in r["note"])
+        lines += ["", f"Its log (`figures/{PEER_LOG}`) shows its warm-up running out of GPU memory {failed_warmups} "
+                  f"times, as many as its synchronous runs with CUDA graphs ({graphs_sync}, the headline's among "
+                  "them): it takes most of the free memory for its KV cache, then its warm-up asks for more. Those "
+                  "runs capture their CUDA graphs inside the timed run, so they are below what the peer does once "
+                  "warm (chapter 6's compile, by contrast, is untimed)" +
+                  (f"; its async run's loop failed: \"{loop_errors[0].rstrip('.')}\"" if loop_errors else "") +
+                  ". NOTES.md has the next run's configuration."]
     for title, runs in (("W1, sync against async, eager model (the decode phase is the fair comparison: NOTES.md)", latest),
                         ("W2 (llama3-8b shape, 32 requests x 8192 new tokens), the seed article's experiment, at "
                          f"commit {load(W2_FILE)['environment']['commit']}",
@@ -592,9 +614,10 @@ def results_markdown() -> str:
                          f"| {span:.2f} | {busy:.1%} |")
     cold = load(W1_FILES[-1])  # its first chapters ran first on a fresh machine, the compile caches emptied
     sweep = load(LATENCY_FILE)  # a later process on the same machine: the caches on disk
-    lines += ["", "A first run on the H200 (the warm-up a chapter pays once, untimed): cold is the first process on a "
-              "fresh machine with inductor's and Triton's caches empty (the run above), warm a later process "
-              "with them on disk (the latency sweep below). Chapter 5 reuses chapter 4's kernels in the cold process.",
+    lines += ["", "A first run on the H200 (the warm-up a chapter pays once, untimed): cold is the first process after "
+              "emptying inductor's and Triton's caches (chapters 4-6 above), warm a later process with them on disk "
+              "(the latency sweep below). Chapter 5 reuses chapter 4's kernels in the cold process; a stage the "
+              "warm-up meets twice (each of its two engines captures graphs) is summed.",
               "", "| chapter | stage | cold s | warm s |", "| --- | --- | ---: | ---: |"]
     for chapter in ("ch04_paged", "ch05_async", "ch06_compiled"):
         row = next(r for r in cold["results"] if r["chapter"] == chapter)
@@ -606,16 +629,23 @@ def results_markdown() -> str:
               f"requests arriving as a Poisson process at each rate; SLO: TTFT p90 at most "
               f"{sweep['slo']['ttft_p90_s'] * 1e3:,.0f} ms and TPOT p90 at most {sweep['slo']['tpot_p90_s'] * 1e3:,.0f} "
               f"ms; a chapter stops at its first miss; `{LATENCY_FILE}`, drawn in "
-              "[figures/h200_latency.png](figures/h200_latency.png)). Its goodput:", "",
+              "[figures/h200_latency.png](figures/h200_latency.png)). Its goodput, the largest rate a chapter "
+              "sustains within the SLO, is a lower bound where it held at the highest rate tried:", "",
               "| chapter | largest rate within the SLO, requests/s | TTFT p90 ms | TPOT p90 ms | at |",
               "| --- | ---: | ---: | ---: | --- |"]
     lowest = min(x["rate"] for x in sweep["results"])
+    at_once = [latest[label][0]["extra"]["latency"] for label in ("ch04_paged", "ch05_async", "ch06_compiled")]
     for chapter, rate in best.items():
         r = [x for x in sweep["results"] if x["chapter"] == chapter and (x["rate"] == rate or not rate)][-1]
         at = ("its first miss" if not rate else
-              "the highest rate tried: the knee lies beyond" if rate == top_rate else "the last rate within")
-        lines.append(f"| {chapter} | {f'{rate:g}' if rate else f'none from {lowest:g}'} | {r['ttft']['p90'] * 1e3:,.0f} "
+              "the highest rate tried, within the SLO" if rate == top_rate else "the last rate within")
+        lines.append(f"| {chapter} | {f'{rate:g}' if rate else f'none (misses at {lowest:g}, the lowest tried)'} | "
+                     f"{r['ttft']['p90'] * 1e3:,.0f} "
                      f"| {r['tpot']['p90'] * 1e3:,.1f} | {at} ({r['rate']:g} req/s) |")
+    lines += ["", f"All {latest['ch04_paged'][0]['num_requests']} of W1 arriving at once (the ladder's runs) stay "
+              f"within the SLO in chapters 4-6 too: TTFT p90 at most {max(x['ttft']['p90'] for x in at_once):.2f} s, "
+              f"TPOT p90 at most {max(x['tpot']['p90'] for x in at_once) * 1e3:.0f} ms. On the H200 a knee needs more "
+              "requests than W1 has, or a tighter SLO."]
     tp = load(TP_FILE)
     lines += ["", "Two H200s of one host, tensor parallelism (chapter 7, its model eager, decode as CUDA graphs with the "
               f"all-reduces inside; commit {tp['environment']['commit']}):", "",
@@ -660,8 +690,18 @@ def results_markdown() -> str:
     seen += [(f, load(f)["command"]) for f in [PEER_SEARCH, PEER_FILE, W2_FILE, LATENCY_FILE, TP_FILE]]
     seen += [("cpu_w1small.json", cpu["command"])]
     seen += seen_cpu
-    lines += [f"- `{f}`: `{re.sub('/root/(out|res)/', '$OUT/', c)}`" for f, c in seen]  # $OUT: the device's output folder
+    lines += [f"- `{f}`: `{re.sub('/root/(out|res)/', '$OUT/', c)}`{missing_rows(f, c)}"  # $OUT: the device's
+              for f, c in seen]                                                         # output folder
     return "\n".join(lines)
+
+
+def missing_rows(file: str, command: str) -> str:
+    """" (named but not in the file: ...)" for chapters a bench command names that its results lack (a
+    process that stopped early), else ""."""
+    named = command.split("--chapters ")[1].split()[0].split(",") if "--chapters " in command else []
+    have = {r["chapter"] for r in load(file)["results"]} | set(load(file).get("failed", {}))
+    lacking = [c for c in named if c not in have]
+    return f" (named, not in the file: {', '.join(lacking)}; NOTES.md says why)" if lacking else ""
 
 
 README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
