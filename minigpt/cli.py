@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 import shlex
 import sys
 
@@ -105,7 +105,8 @@ def parser_for(chapter: str, options: dict) -> argparse.ArgumentParser:
                    help="default: float32 on the CPU, bfloat16 on a GPU")
     p.add_argument("--compare", action="store_true", help="also run the earlier chapters on the same requests")
     p.add_argument("--repeat", type=positive_int, default=None,
-                   help="time each chapter this many times and show the median run (default: 3 on the CPU, 1 on a GPU)")
+                   help="time each chapter this many times and show the median run (default: 5 on the CPU, with "
+                        "--compare in rounds of one run a chapter; 1 on a GPU)")
     p.add_argument("--compare-requests", type=positive_int, default=None,
                    help="with --compare: give ch01 and ch02 only the first N requests (they are slow)")
     p.add_argument("--model", default=None, help="a Hugging Face checkpoint instead of random weights: a local folder, "
@@ -158,21 +159,23 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     requests = workload.requests(model.config.vocab_size, args.requests, rate=args.rate, burst=args.burst)
     chapters = CHAPTERS[: CHAPTERS.index(chapter) + 1] if args.compare else [chapter]
     results, tokens = [], {}
-    for name in chapters:
-        subset = requests
-        if name != chapter and args.compare_requests and name in ("ch01_naive", "ch02_padded"):
-            subset = requests[: args.compare_requests]
-        opts = engine_options if name == chapter else {}
-        live = args.rate and name == chapter and not args.no_progress  # watch the requests arrive and finish
-        try:
-            with requests_live(subset, f"{name} at {args.rate:g} requests a second") if live else nullcontext() as emit:
+    live = args.rate and not args.no_progress  # watch the requests arrive and finish
+    repeat = args.repeat or (1 if live or model.device.type != "cpu" else 5)
+    jobs = [(name, requests[: args.compare_requests] if name != chapter and args.compare_requests
+             and name in ("ch01_naive", "ch02_padded") else requests, engine_options if name == chapter else {})
+            for name in chapters]
+    try:
+        if len(jobs) > 1 and repeat > 1:  # CPU timings: every chapter in each round
+            results = measure_in_rounds(jobs, model, workload.name, repeat, not args.no_progress, tokens)
+        for name, subset, opts in jobs[len(results):]:
+            with naming_chapter(name), requests_live(subset, f"{name} at {args.rate:g} requests a second") \
+                    if live and name == chapter else nullcontext() as emit:
                 results.append(measure(name, model, subset, workload.name, opts, progress=emit or not args.no_progress,
-                                       repeat=args.repeat or (1 if live or model.device.type != "cpu" else 3),
-                                       tokens=tokens.setdefault(name, [])))
-        except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
-            if name != chapter:
-                raise
-            parser.exit(2, f"{parser.prog}: error: {error}\n")
+                                       repeat=repeat, tokens=tokens.setdefault(name, [])))
+    except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
+        if getattr(error, "chapter", chapter) != chapter:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     params = sum(p.numel() for p in model.parameters()) / 1e6
     where = f"{args.device}, {threads} thread{'s' * (threads > 1)}" if args.device == "cpu" else args.device
     console.print(results_table(results, f"{model.config.name} model ({params:,.1f}M parameters), {where}, "
@@ -246,19 +249,17 @@ def warm_up_stages(name, model, requests, options: dict, progress: bool = True) 
     return STAGES[first_stage:]
 
 
-def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True,
-            repeat: int = 1, tokens: list | None = None) -> RunResult:
-    """Warm up (excluded), then time `repeat` runs of `name` from the first submit to the last token; the
-    run of median wall time is reported, every run's wall time kept (`extra["walls_s"]`): a CPU-bound
-    engine's time moves with the host's CPU, which on the H200 machines changes speed for seconds at a
-    time (NOTES.md)."""
-    generate = chapter_module(name).generate
-    warm_up = warm_up_stages(name, model, requests, options, progress)
-    runs = []
-    for _ in range(max(repeat, 1)):
-        completions = generate(model, requests, progress=progress, **options)
-        # From the engine's start (after its one-time setup: cache allocation, graph capture) to the last token.
-        runs.append((max((c.token_times[-1] for c in completions if c.token_times), default=0.0), completions))
+def timed_run(name, model, requests, options: dict, progress) -> tuple[float, list]:
+    """One run of chapter `name`: its wall time from the engine's start (after its one-time setup: cache
+    allocation, graph capture) to the last token, and its completions."""
+    completions = chapter_module(name).generate(model, requests, progress=progress, **options)
+    return max((c.token_times[-1] for c in completions if c.token_times), default=0.0), completions
+
+
+def result_of_runs(name, model, requests, workload: str, runs: list, warm_up: list, label: str = "",
+                   tokens: list | None = None) -> RunResult:
+    """A chapter's row from its timed runs: the run of median wall time, every run's wall time kept
+    (`extra["walls_s"]`)."""
     walls = [wall for wall, _ in runs]
     wall, completions = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
     if tokens is not None:  # each request's tokens, for a comparison across chapters
@@ -273,6 +274,43 @@ def measure(name, model, requests, workload: str, options: dict, label: str = ""
     return RunResult.from_completions(completions, wall, chapter=label or name, workload=workload,
                                       preset=model.config.name, device=model.device.type,
                                       dtype=str(model.dtype).removeprefix("torch."), note=note, extra=extra)
+
+
+def measure(name, model, requests, workload: str, options: dict, label: str = "", progress: bool = True,
+            repeat: int = 1, tokens: list | None = None) -> RunResult:
+    """Warm up (excluded), then time `repeat` runs of `name` from the first submit to the last token; the
+    run of median wall time is reported: a CPU-bound engine's time moves with the host's CPU, which on
+    shared machines changes speed for seconds at a time (NOTES.md)."""
+    warm_up = warm_up_stages(name, model, requests, options, progress)
+    runs = [timed_run(name, model, requests, options, progress) for _ in range(max(repeat, 1))]
+    return result_of_runs(name, model, requests, workload, runs, warm_up, label, tokens)
+
+
+@contextmanager
+def naming_chapter(name: str):
+    """An engine's refusal (ValueError, TypeError) leaves with the chapter that raised it (`error.chapter`)."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        error.chapter = getattr(error, "chapter", name)
+        raise
+
+
+def measure_in_rounds(jobs: list[tuple[str, list, dict]], model, workload: str, repeat: int, progress: bool,
+                      tokens: dict) -> list[RunResult]:
+    """`measure` for several chapters, jobs (name, requests, options), each warmed up first, then timed in
+    `repeat` rounds of one run each: a slow spell of the host's CPU falls on every chapter's runs alike,
+    not on all of one chapter's."""
+    warm_ups = []
+    for name, requests, options in jobs:
+        with naming_chapter(name):
+            warm_ups.append(warm_up_stages(name, model, requests, options, progress))
+    runs = [[] for _ in jobs]
+    for _ in range(repeat):
+        for (name, requests, options), mine in zip(jobs, runs):
+            mine.append(timed_run(name, model, requests, options, progress))
+    return [result_of_runs(name, model, requests, workload, mine, warm_up, tokens=tokens.setdefault(name, []))
+            for (name, requests, _), mine, warm_up in zip(jobs, runs, warm_ups)]
 
 
 def run_text(chapter, model, tokenizer, args, options):

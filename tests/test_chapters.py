@@ -115,3 +115,21 @@ def test_transformers_continuous_batching_gives_our_tokens():
     requests = minigpt.get_workload("W1-small").requests(model.config.vocab_size, 8)
     tokens = transformers_generate(model, requests)["tokens"]
     assert tokens == [c.tokens for c in ch01_naive.generate(model, requests)]
+
+
+def test_compared_chapters_are_timed_in_rounds(monkeypatch):
+    """On the CPU, `--compare` times one run of every chapter a round, so a slow spell of the host falls on
+    all of them alike; each row keeps its runs and the tokens stay chapter 1's."""
+    import minigpt
+    from minigpt import cli
+
+    calls, timed_run = [], cli.timed_run
+    monkeypatch.setattr(cli, "timed_run", lambda name, *args: calls.append(name) or timed_run(name, *args))
+    model = minigpt.from_config("tiny")
+    requests = minigpt.get_workload("W1-small").requests(model.config.vocab_size, 3)
+    tokens = {}
+    rows = cli.measure_in_rounds([("ch01_naive", requests, {}), ("ch03_continuous", requests, {})], model,
+                                 "W1-small", 3, False, tokens)
+    assert calls == ["ch01_naive", "ch03_continuous"] * 3
+    assert [len(r.extra["walls_s"]) for r in rows] == [3, 3]
+    assert tokens["ch01_naive"] == tokens["ch03_continuous"]

@@ -669,6 +669,16 @@ def results_markdown() -> str:
               f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra'].get('walls_s', []))} | "
               f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
               for r in cpu["results"]]
+    runs = [load(f"cpu_chapters/run{i}.json") for i in (1, 2, 3)]  # three runs of `python -m chapters`
+    lines += ["", "Three runs of `python -m chapters` one after another on the same machine (`cpu_chapters/`; each row "
+              "the median of five runs, timed in rounds of one run a chapter). The host's speed moves between runs, "
+              "so compare the gains, each measured within one run:", "",
+              "| chapter | tokens/s, runs 1-3 | spread | gain over the previous, runs 1-3 |", "| --- | --- | ---: | --- |"]
+    for i, r in enumerate(runs[0]["results"]):
+        speeds = [run["results"][i]["tokens_per_s"] for run in runs]
+        gains = [run["results"][i]["tokens_per_s"] / run["results"][i - 1]["tokens_per_s"] for run in runs] if i else []
+        lines.append(f"| {r['chapter']} | {', '.join(f'{v:,.0f}' for v in speeds)} | {max(speeds) / min(speeds) - 1:.0%} "
+                     f"| {', '.join(f'{g:.2f}x' for g in gains)} |")
     sweep = load("cpu_latency.json")
     best = goodput(sweep["results"], sweep["slo"])
     lines += ["", f"Latency under load on the same CPU ({sweep['workload']}, {sweep['results'][0]['requests']} requests "
@@ -688,7 +698,7 @@ def results_markdown() -> str:
         if (f, command) not in seen:
             seen.append((f, command))
     seen += [(f, load(f)["command"]) for f in [PEER_SEARCH, PEER_FILE, W2_FILE, LATENCY_FILE, TP_FILE]]
-    seen += [("cpu_w1small.json", cpu["command"])]
+    seen += [("cpu_w1small.json", cpu["command"])] + [(f"cpu_chapters/run{i}.json", runs[i - 1]["command"]) for i in (1, 2, 3)]
     seen += seen_cpu
     lines += [f"- `{f}`: `{re.sub('/root/(out|res)/', '$OUT/', c)}`{missing_rows(f, c)}"  # $OUT: the device's
               for f, c in seen]                                                         # output folder
