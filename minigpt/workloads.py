@@ -54,6 +54,8 @@ WORKLOADS: dict[str, Workload] = {
     for w in [
         Workload("W1", "qwen3-0.6b", 256, (100, 1024), (100, 1024),
                  "nano-vllm's benchmark: 256 requests, prompt and output lengths uniform in [100, 1024]"),
+        Workload("W1-load", "qwen3-0.6b", 1024, (100, 1024), (100, 1024),
+                 "W1's shape with 1,024 requests, the first 256 W1's own: enough to queue on an H200 (latency sweeps)"),
         Workload("W2", "llama3-8b", 32, (16, 64), (8192, 8192),
                  "the seed article's experiment: 32 requests, short prompts, 8192 new tokens each"),
         Workload("W2-short", "llama3-8b", 32, (16, 64), (1024, 1024),

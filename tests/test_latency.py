@@ -8,7 +8,7 @@ import pytest
 import minigpt
 from chapters import ch01_naive
 from minigpt.metrics import latency_summary, percentiles
-from minigpt.workloads import poisson_arrivals
+from minigpt.workloads import get_workload, poisson_arrivals
 from tools.bench import goodput
 
 
@@ -75,3 +75,10 @@ def test_the_live_view_counts_arrivals_and_finished_requests():
             for _ in range(r.max_new_tokens):
                 emit(i, 7)
         assert cells()[2] == "4"
+
+
+def test_w1_load_extends_w1_with_more_requests_of_its_shape():
+    """W1-load, for latency sweeps on a GPU, is W1 followed by 768 more requests drawn the same way."""
+    w1, load = get_workload("W1").requests(1024), get_workload("W1-load").requests(1024)
+    assert len(load) == 1024 and [r.prompt_ids for r in load[:256]] == [r.prompt_ids for r in w1]
+    assert [r.max_new_tokens for r in load[:256]] == [r.max_new_tokens for r in w1]
