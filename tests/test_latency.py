@@ -55,9 +55,10 @@ def test_the_latency_sweep_runs_and_draws(tmp_path):
     from tools.bench import bench_latency
 
     data = bench_latency(["--requests", "6", "--rates", "50,400", "--chapters", "ch02_padded,ch03_continuous",
-                          "--out", str(tmp_path / "sweep.json"), "--figure", str(tmp_path / "sweep.png")])
-    assert [(r["chapter"], r["rate"]) for r in data["results"]] == [
-        ("ch02_padded", 50.0), ("ch02_padded", 400.0), ("ch03_continuous", 50.0), ("ch03_continuous", 400.0)]
+                          "--subset", "ch02_padded=3", "--out", str(tmp_path / "sweep.json"),
+                          "--figure", str(tmp_path / "sweep.png")])
+    assert [(r["chapter"], r["rate"], r["requests"]) for r in data["results"]] == [
+        ("ch02_padded", 50.0, 3), ("ch02_padded", 400.0, 3), ("ch03_continuous", 50.0, 6), ("ch03_continuous", 400.0, 6)]
     assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").stat().st_size > 0
 
 

@@ -286,6 +286,8 @@ def bench_latency(argv):
     p = argparse.ArgumentParser(prog="python -m tools.bench latency", description=bench_latency.__doc__)
     add_common_arguments(p)
     p.add_argument("--chapters", default=",".join(LATENCY_CHAPTERS), help="comma-separated chapters")
+    p.add_argument("--subset", action="append", default=[], type=subset_arg,
+                   help="CHAPTER=N: that chapter serves only the first N requests (a slow one, on a GPU)")
     p.add_argument("--rates", default="5,10,20,40,80", help="requests a second, comma-separated")
     p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE")
     p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO: TTFT p90 at most this many seconds")
@@ -316,6 +318,7 @@ def bench_latency(argv):
         stages[chapter] = warm_up_stages(chapter, model, workload.requests(model.config.vocab_size), opts, False)
         for rate in sorted(rates):
             requests = workload.requests(model.config.vocab_size, args.requests, rate=rate, burst=args.burst)
+            requests = requests[: dict(args.subset).get(chapter, len(requests))]
             completions = generate(model, requests, **opts)
             wall = max(c.token_times[-1] for c in completions if c.token_times)
             rows.append({"chapter": chapter, "rate": rate, "burst": args.burst, "requests": len(requests),
@@ -631,15 +634,16 @@ def results_markdown() -> str:
               f"ms; a chapter stops at its first miss; `{LATENCY_FILE}`, drawn in "
               "[figures/h200_latency.png](figures/h200_latency.png)). Its goodput, the largest rate a chapter "
               "sustains within the SLO, is a lower bound where it held at the highest rate tried:", "",
-              "| chapter | largest rate within the SLO, requests/s | TTFT p90 ms | TPOT p90 ms | at |",
-              "| --- | ---: | ---: | ---: | --- |"]
+              "| chapter | requests | largest rate within the SLO, requests/s | TTFT p90 ms | TPOT p90 ms | at |",
+              "| --- | ---: | ---: | ---: | ---: | --- |"]
     lowest = min(x["rate"] for x in sweep["results"])
     at_once = [latest[label][0]["extra"]["latency"] for label in ("ch04_paged", "ch05_async", "ch06_compiled")]
     for chapter, rate in best.items():
         r = [x for x in sweep["results"] if x["chapter"] == chapter and (x["rate"] == rate or not rate)][-1]
         at = ("its first miss" if not rate else
               "the highest rate tried, within the SLO" if rate == top_rate else "the last rate within")
-        lines.append(f"| {chapter} | {f'{rate:g}' if rate else f'none (misses at {lowest:g}, the lowest tried)'} | "
+        within = f"{rate:g}" if rate else f"none (misses at {lowest:g}, the lowest tried)"
+        lines.append(f"| {chapter} | {r['requests']} | {within} | "
                      f"{r['ttft']['p90'] * 1e3:,.0f} "
                      f"| {r['tpot']['p90'] * 1e3:,.1f} | {at} ({r['rate']:g} req/s) |")
     lines += ["", f"All {latest['ch04_paged'][0]['num_requests']} of W1 arriving at once (the ladder's runs) stay "
@@ -698,7 +702,8 @@ def results_markdown() -> str:
         if (f, command) not in seen:
             seen.append((f, command))
     seen += [(f, load(f)["command"]) for f in [PEER_SEARCH, PEER_FILE, W2_FILE, LATENCY_FILE, TP_FILE]]
-    seen += [("cpu_w1small.json", cpu["command"])] + [(f"cpu_chapters/run{i}.json", runs[i - 1]["command"]) for i in (1, 2, 3)]
+    seen += [("cpu_w1small.json", cpu["command"])]
+    seen += [(f"cpu_chapters/run{i}.json", run["command"]) for i, run in enumerate(runs, 1)]
     seen += seen_cpu
     lines += [f"- `{f}`: `{re.sub('/root/(out|res)/', '$OUT/', c)}`{missing_rows(f, c)}"  # $OUT: the device's
               for f, c in seen]                                                         # output folder
