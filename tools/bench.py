@@ -547,6 +547,13 @@ def first_run_stages(cold: list, warm: list) -> list[tuple[str, float, float]]:
             for name, seconds in cold_s.items() if max(seconds, warm_s.get(name, 0.0)) >= 0.05]
 
 
+def command_options(command: str, label: str) -> list[str]:
+    """The engine options a bench command gave the row `label` ("CHAPTER@NAME=VALUE+..." and --option)."""
+    words, name = shlex.split(command), label.partition("@")[0]
+    given = [w.partition(":")[2] for flag, w in zip(words, words[1:]) if flag == "--option" and w.startswith(name + ":")]
+    return given + [o for o in label.partition("@")[2].split("+") if o]
+
+
 def results_markdown() -> str:
     """The README's results section, from the JSON files alone."""
     latest = w1_results()
@@ -557,14 +564,15 @@ def results_markdown() -> str:
              "measured one chapter after another on one machine, in three processes (chapters 1-2, 3, 4-6: the files "
              "are listed at the end), the peer after them. Chapters 1 and 2 ran a stated subset of W1: all of it "
              f"would take them about {minutes['ch01_naive']:.0f} and {minutes['ch02_padded']:.0f} minutes at these rates.",
-             "", "| chapter | idea | runs | H200 output tokens/s on W1 | its runs, slowest-fastest | gain over the "
+             "", "| chapter | idea | what it runs; its options | H200 output tokens/s on W1 | its runs, slowest-fastest | gain over the "
              "previous | requests run | commit |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     prev = None
     for label, name, idea, runs in CHAPTER_ROWS:
-        r, f, _ = latest[label]
+        r, f, command = latest[label]
         module = name.split(" ")[0]
         gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
         commit = load(f)["environment"].get("commit", "not recorded")
+        runs = "; ".join([runs] + command_options(command, label))
         lines.append(f"| [`{name}`](chapters/{module}.py) | {idea} | {runs} | {r['tokens_per_s']:,.0f} | "
                      f"{run_spread(r)} | {gain} | {r['num_requests']} of 256 | {commit} |")
         prev = r["tokens_per_s"]
