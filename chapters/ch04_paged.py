@@ -369,6 +369,11 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # either cache, so there the step decides: at 4 requests a second, 25 ms p90 between tokens against chapter
 # 3's 64 (`figures/h200_latency.png`). What is left of chapter 4's step is mostly the CPU launching the
 # eager model's kernels one by one, which the next chapter hides.
+#
+# Where memory is the limit, the knee moves. The second cell gives both chapters the same KV memory, room
+# for 4 of W1-small's longest requests, and lets the requests arrive over time: blocks run more of them at
+# once, so fewer wait, and the time to first token stays low up to a higher rate. The price is in the other
+# panel: a step that carries more requests takes longer, so each waits a little more between tokens.
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
@@ -381,6 +386,20 @@ if __name__ == "__main__" and "get_ipython" in globals():
     traces = {"ch03 slots": ch03_continuous.generate(demo_model, demo, max_batch_tokens=64).stats["trace"],
               "ch04 blocks": generate(demo_model, demo, num_blocks=12, max_batch_tokens=64).stats["trace"]}
     plots.kv_memory(traces, demo_model.config.kv_bytes_per_token, None, "this run: KV memory reserved and used")
+
+# %%
+if __name__ == "__main__" and "get_ipython" in globals():
+    from minigpt.metrics import latency_summary
+
+    workload, rows = get_workload("W1-small"), []
+    slot_len = max(max_total_len(r, demo_model.config) for r in workload.requests(demo_model.config.vocab_size))
+    for rate in (40, 80, 160, 320):  # requests a second
+        for name, run, options in (("ch03 slots", ch03_continuous.generate, dict(max_seqs=4)),
+                                   ("ch04 blocks", generate, dict(num_blocks=4 * slot_len // 8, block_size=8))):
+            out = run(demo_model, workload.requests(demo_model.config.vocab_size, rate=rate), **options)
+            rows.append({"chapter": name, "rate": rate, **latency_summary(out)})
+    plots.latency_vs_rate(rows, {"ttft_p90_s": 0.25, "tpot_p90_s": 0.005}, {}, None,
+                          "this run: the same KV memory, requests arriving over time")
 
 # %% [markdown]
 # ## Exercises

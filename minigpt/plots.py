@@ -143,7 +143,8 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 50, not 5 x 10^1
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].legend(fontsize=7)
-    fig.suptitle(title + " (dashed: the SLO; ring: the largest rate within it)", fontsize=10)
+    fig.suptitle(title + (" (dashed: the SLO; ring: the largest rate within it)" if goodput else " (dashed: the SLO)"),
+                 fontsize=10)
     return _save(fig, path)
 
 
