@@ -6,6 +6,7 @@ import importlib
 from contextlib import contextmanager, nullcontext
 import shlex
 import sys
+import time
 
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def build_model(args):
 
 def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[RunResult]:
     """Parse the command line, run `chapter` (and with --compare the ones before it), print a table."""
-    options = options or {}
+    options, started = options or {}, time.perf_counter()
     parser = parser_for(chapter, options)
     args = parser.parse_args(argv)
     check_arguments(parser, args)
@@ -193,7 +194,8 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
                 console.print(f"{after.chapter} is slower than {before.chapter} here: {SLOWER_ON_A_CPU[after.chapter]}",
                               highlight=False)
     if args.out:
-        save_results(results, args.out, command="python -m chapters." + chapter + " " + shlex.join(argv or sys.argv[1:]))
+        save_results(results, args.out, command="python -m chapters." + chapter + " " + shlex.join(argv or sys.argv[1:]),
+                     elapsed_s=time.perf_counter() - started)
     return results
 
 

@@ -114,12 +114,14 @@ def environment() -> dict:
     return env
 
 
-def save_results(results: list[RunResult], path: str | Path, command: str = "", failed: dict | None = None) -> Path:
-    """The runs as JSON; `failed`: label -> why, for runs that gave no result."""
+def save_results(results: list[RunResult], path: str | Path, command: str = "", failed: dict | None = None,
+                 elapsed_s: float | None = None) -> Path:
+    """The runs as JSON; `failed`: label -> why, for runs that gave no result; `elapsed_s`: the command's time
+    after its imports, warm-ups included."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"command": command, "environment": environment(), "results": [asdict(r) for r in results],
-            "failed": failed or {}}
+            "failed": failed or {}, **({"elapsed_s": elapsed_s} if elapsed_s is not None else {})}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

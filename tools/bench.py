@@ -560,9 +560,10 @@ def results_markdown() -> str:
     w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
     w1_tokens = latest["ch03_continuous"][0]["output_tokens"]  # all of W1
     minutes = {c: w1_tokens / latest[c][0]["tokens_per_s"] / 60 for c in ("ch01_naive", "ch02_padded")}
-    lines = [f"Every W1 row below comes from one commit ({', '.join(sorted({load(f)['environment']['commit'] for f in W1_FILES}))}), "
-             "measured one chapter after another on one machine, in three processes (chapters 1-2, 3, 4-6: the files "
-             "are listed at the end), the peer after them. Chapters 1 and 2 ran a stated subset of W1: all of it "
+    commits = ", ".join(sorted({load(f)["environment"]["commit"] for f in W1_FILES}))
+    lines = [f"Every W1 row below comes from one commit ({commits}), measured one chapter after another on one "
+             "machine, in three processes and the peer's two, one after another (the files are listed at the end). "
+             "Chapters 1 and 2 ran a stated subset of W1: all of it "
              f"would take them about {minutes['ch01_naive']:.0f} and {minutes['ch02_padded']:.0f} minutes at these rates.",
              "", "| chapter | idea | what it runs; its options | H200 output tokens/s on W1 | its runs, slowest-fastest | gain over the "
              "previous | requests run | commit |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
@@ -607,8 +608,9 @@ def results_markdown() -> str:
         lines += ["", f"Its log (`figures/{PEER_LOG}`) shows its warm-up running out of GPU memory {failed_warmups} "
                   f"times, as many as its synchronous runs with CUDA graphs ({graphs_sync}, the headline's among "
                   "them): it takes most of the free memory for its KV cache, then its warm-up asks for more. Those "
-                  "runs capture their CUDA graphs inside the timed run, so they are below what the peer does once "
-                  "warm (chapter 6's compile, by contrast, is untimed)" +
+                  "runs capture their CUDA graphs inside the timed run, so they are likely below what the peer does "
+                  "once warm (chapter 6's compile, by contrast, is untimed). Its as-installed 797 ran all 256 "
+                  "requests, so larger batches than the 32-request runs here" +
                   (f"; its async run's loop failed: \"{loop_errors[0].rstrip('.')}\"" if loop_errors else "") +
                   ". NOTES.md has the next run's configuration."]
     for title, runs in (("W1, sync against async, eager model (the decode phase is the fair comparison: NOTES.md)", latest),
@@ -645,7 +647,7 @@ def results_markdown() -> str:
               "| chapter | requests | largest rate within the SLO, requests/s | TTFT p90 ms | TPOT p90 ms | at |",
               "| --- | ---: | ---: | ---: | ---: | --- |"]
     lowest = min(x["rate"] for x in sweep["results"])
-    at_once = [latest[label][0]["extra"]["latency"] for label in ("ch04_paged", "ch05_async", "ch06_compiled")]
+    at_once = [latest[label][0]["extra"]["latency"] for label, *_ in CHAPTER_ROWS[3:]]  # chapters 4-6
     for chapter, rate in best.items():
         r = [x for x in sweep["results"] if x["chapter"] == chapter and (x["rate"] == rate or not rate)][-1]
         at = ("its first miss" if not rate else
@@ -654,8 +656,8 @@ def results_markdown() -> str:
         lines.append(f"| {chapter} | {r['requests']} | {within} | "
                      f"{r['ttft']['p90'] * 1e3:,.0f} "
                      f"| {r['tpot']['p90'] * 1e3:,.1f} | {at} ({r['rate']:g} req/s) |")
-    lines += ["", f"All {latest['ch04_paged'][0]['num_requests']} of W1 arriving at once (the ladder's runs) stay "
-              f"within the SLO in chapters 4-6 too: TTFT p90 at most {max(x['ttft']['p90'] for x in at_once):.2f} s, "
+    lines += ["", f"All {latest['ch04_paged'][0]['num_requests']} of W1 arriving at once (the ladder's runs, every "
+              f"row of chapters 4-6) stay within the SLO too: TTFT p90 at most {max(x['ttft']['p90'] for x in at_once):.2f} s, "
               f"TPOT p90 at most {max(x['tpot']['p90'] for x in at_once) * 1e3:.0f} ms. On the H200 a knee needs more "
               "requests than W1 has, or a tighter SLO."]
     tp = load(TP_FILE)
@@ -675,16 +677,19 @@ def results_markdown() -> str:
     lines += ["", f"On a {cpu['environment']['cpu_count']}-core CPU (torch {cpu['environment']['torch']}), the tiny "
               f"model on W1-small in float32, {cpu['environment'].get('threads', 1)} thread (`python -m tools.bench`; "
               "each row the median of three runs, the spread in the data). Chapter 5's overlap is a worker thread "
-              "here, which Python's lock keeps from gaining much; chapters 6 and 7 do not compile or split on a CPU:", "",
+              "here, which Python's lock keeps from gaining: it loses to chapter 4; chapters 6 and 7 do not compile or "
+              "split on a CPU:", "",
               "| chapter | output tokens/s | every run's tokens/s | TTFT p50 ms |", "| --- | ---: | --- | ---: |"]
     lines += [f"| {r['chapter']} | {r['tokens_per_s']:,.0f} | "
               f"{', '.join(format(r['output_tokens'] / w, ',.0f') for w in r['extra'].get('walls_s', []))} | "
               f"{'' if r['ttft_p50_s'] != r['ttft_p50_s'] else format(r['ttft_p50_s'] * 1e3, ',.0f')} |"  # NaN: not timed
               for r in cpu["results"]]
     runs = [load(f"cpu_chapters/run{i}.json") for i in (1, 2, 3)]  # three runs of `python -m chapters`
-    lines += ["", "Three runs of `python -m chapters` one after another on the same machine (`cpu_chapters/`; each row "
-              "the median of five runs, timed in rounds of one run a chapter). The host's speed moves between runs, "
-              "so compare the gains, each measured within one run:", "",
+    lines += ["", "Three runs of `python -m chapters` (which runs `chapters.ch07_tensor_parallel --compare`) one after "
+              f"another on the same machine, {', '.join(format(run['elapsed_s'], '.0f') for run in runs)} s each after "
+              "Python's imports (`cpu_chapters/`; each row the median of five runs, timed in rounds of one run a "
+              "chapter; spread: the fastest over the slowest, minus one). The host's speed moves between runs "
+              "(NOTES.md measures why), so compare the gains, each measured within one run:", "",
               "| chapter | tokens/s, runs 1-3 | spread | gain over the previous, runs 1-3 |", "| --- | --- | ---: | --- |"]
     for i, r in enumerate(runs[0]["results"]):
         speeds = [run["results"][i]["tokens_per_s"] for run in runs]
