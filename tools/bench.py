@@ -548,10 +548,9 @@ def first_run_stages(cold: list, warm: list) -> list[tuple[str, float, float]]:
 
 
 def command_options(command: str, label: str) -> list[str]:
-    """The engine options a bench command gave the row `label` ("CHAPTER@NAME=VALUE+..." and --option)."""
+    """The engine options a bench command's --option gave the row `label` (its own, after "@", its name shows)."""
     words, name = shlex.split(command), label.partition("@")[0]
-    given = [w.partition(":")[2] for flag, w in zip(words, words[1:]) if flag == "--option" and w.startswith(name + ":")]
-    return given + [o for o in label.partition("@")[2].split("+") if o]
+    return [w.partition(":")[2] for flag, w in zip(words, words[1:]) if flag == "--option" and w.startswith(name + ":")]
 
 
 def results_markdown() -> str:
