@@ -83,3 +83,14 @@ def test_w1_load_extends_w1_with_more_requests_of_its_shape():
     w1, load = get_workload("W1").requests(1024), get_workload("W1-load").requests(1024)
     assert len(load) == 1024 and [r.prompt_ids for r in load[:256]] == [r.prompt_ids for r in w1]
     assert [r.max_new_tokens for r in load[:256]] == [r.max_new_tokens for r in w1]
+
+
+def test_a_subset_or_option_for_a_chapter_not_run_is_refused(capsys):
+    """A typo in --subset or --option would run that chapter unchanged (minutes on a GPU): refused in one line."""
+    from tools.bench import bench_latency, run_chapters
+
+    for run, argv in ((bench_latency, ["--chapters", "ch03_continuous", "--subset", "ch02_paded=3"]),
+                      (run_chapters, ["--chapters", "ch01_naive", "--option", "ch04_paged:num_blocks=3"])):
+        with pytest.raises(SystemExit) as exit:
+            run(argv)
+        assert exit.value.code == 2 and "is not among --chapters" in capsys.readouterr().err

@@ -57,6 +57,13 @@ def chapter_option(text: str) -> tuple[str, dict]:
     return chapter, parse_options([kv])
 
 
+def check_chapters_named(p: argparse.ArgumentParser, args, running: list[str]):
+    """--subset and --option name chapters of this run: a typo would otherwise run that chapter unchanged."""
+    for flag, named in (("--subset", [name for name, _ in args.subset]), ("--option", [name for name, _ in args.option])):
+        if unknown := [name for name in named if name not in running]:
+            p.error(f"{flag}: {', '.join(unknown)} is not among --chapters ({', '.join(dict.fromkeys(running))})")
+
+
 def run_chapters(argv):
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +86,8 @@ def run_chapters(argv):
             parse_options(variant.split("+") if variant else [])
         except argparse.ArgumentTypeError as error:
             p.error(f"--chapters: {error}")
+    labels = args.chapters.split(",")
+    check_chapters_named(p, args, labels + [label.partition("@")[0] for label in labels])
     workload = get_workload(args.workload)
     dtype = default_dtype(args.device)
     model = from_config(args.preset or workload.preset, device=args.device, dtype=dtype)
@@ -306,6 +315,7 @@ def bench_latency(argv):
     chapters = args.chapters.split(",")
     if unknown := [c for c in chapters if c not in CHAPTERS]:
         p.error(f"--chapters: unknown {', '.join(unknown)}; choose from {', '.join(CHAPTERS)}")
+    check_chapters_named(p, args, chapters)
     workload = get_workload(args.workload)
     model = from_config(args.preset or workload.preset, device=args.device, dtype=default_dtype(args.device))
     options = {}
