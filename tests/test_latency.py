@@ -55,7 +55,7 @@ def test_the_latency_sweep_runs_and_draws(tmp_path):
     from tools.bench import bench_latency
 
     data = bench_latency(["--requests", "6", "--rates", "50,400", "--chapters", "ch02_padded,ch03_continuous",
-                          "--subset", "ch02_padded=3", "--out", str(tmp_path / "sweep.json"),
+                          "--subset", "ch02_padded=3", "--every-rate", "--out", str(tmp_path / "sweep.json"),
                           "--figure", str(tmp_path / "sweep.png")])
     assert [(r["chapter"], r["rate"], r["requests"]) for r in data["results"]] == [
         ("ch02_padded", 50.0, 3), ("ch02_padded", 400.0, 3), ("ch03_continuous", 50.0, 6), ("ch03_continuous", 400.0, 6)]
@@ -94,3 +94,12 @@ def test_a_subset_or_option_for_a_chapter_not_run_is_refused(capsys):
         with pytest.raises(SystemExit) as exit:
             run(argv)
         assert exit.value.code == 2 and "is not among --chapters" in capsys.readouterr().err
+
+
+def test_the_sweep_stops_a_chapter_at_its_first_miss():
+    """Past a chapter's first miss of the SLO, higher rates only queue longer: they are not run."""
+    from tools.bench import bench_latency
+
+    data = bench_latency(["--requests", "3", "--rates", "400,50", "--chapters", "ch03_continuous,ch04_paged",
+                          "--slo-ttft", "0"])  # nothing meets a TTFT of 0
+    assert [(r["chapter"], r["rate"]) for r in data["results"]] == [("ch03_continuous", 50.0), ("ch04_paged", 50.0)]

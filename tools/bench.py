@@ -297,10 +297,13 @@ def bench_latency(argv):
     p.add_argument("--chapters", default=",".join(LATENCY_CHAPTERS), help="comma-separated chapters")
     p.add_argument("--subset", action="append", default=[], type=subset_arg,
                    help="CHAPTER=N: that chapter serves only the first N requests (a slow one, on a GPU)")
-    p.add_argument("--rates", default="5,10,20,40,80", help="requests a second, comma-separated")
+    p.add_argument("--rates", default=None,
+                   help="requests a second, comma-separated (default: 20,40,80,160,320 on the CPU, 4,8,16,32,64 on a GPU)")
     p.add_argument("--option", action="append", default=[], type=chapter_option, help="CHAPTER:NAME=VALUE")
-    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO: TTFT p90 at most this many seconds")
-    p.add_argument("--slo-tpot", type=float, default=0.05, help="SLO: TPOT p90 at most this many seconds")
+    p.add_argument("--slo-ttft", type=float, default=None,
+                   help="SLO: TTFT p90 at most this many seconds (default: 0.25 on the CPU's tiny model, 1 on a GPU)")
+    p.add_argument("--slo-tpot", type=float, default=None,
+                   help="SLO: TPOT p90 at most this many seconds (default: 0.005 on the CPU, 0.05 on a GPU)")
     p.add_argument("--every-rate", action="store_true",
                    help="run every rate; by default a chapter stops at the first rate where it misses the SLO")
     p.add_argument("--out", default=None, help="write the sweep as JSON here")
@@ -308,6 +311,10 @@ def bench_latency(argv):
     args = p.parse_args(argv)
     check_arguments(p, args)
     set_threads(args.device, args.threads)
+    cpu = args.device == "cpu"  # the tiny model's steps take milliseconds: higher rates, a tighter SLO
+    args.rates = args.rates or ("20,40,80,160,320" if cpu else "4,8,16,32,64")
+    args.slo_ttft = args.slo_ttft if args.slo_ttft is not None else (0.25 if cpu else 1.0)
+    args.slo_tpot = args.slo_tpot if args.slo_tpot is not None else (0.005 if cpu else 0.05)
     try:
         rates = [float(r) for r in args.rates.split(",")]
     except ValueError:
