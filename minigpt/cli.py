@@ -168,11 +168,13 @@ def run_chapter(chapter: str, argv=None, options: dict | None = None) -> list[Ru
     try:
         if len(jobs) > 1 and repeat > 1:  # CPU timings: every chapter in each round
             results = measure_in_rounds(jobs, model, workload.name, repeat, not args.no_progress, tokens)
-        for name, subset, opts in jobs[len(results):]:
-            with naming_chapter(name), requests_live(subset, f"{name} at {args.rate:g} requests a second") \
-                    if live and name == chapter else nullcontext() as emit:
-                results.append(measure(name, model, subset, workload.name, opts, progress=emit or not args.no_progress,
-                                       repeat=repeat, tokens=tokens.setdefault(name, [])))
+        else:
+            for name, subset, opts in jobs:
+                with naming_chapter(name), requests_live(subset, f"{name} at {args.rate:g} requests a second") \
+                        if live and name == chapter else nullcontext() as emit:
+                    results.append(measure(name, model, subset, workload.name, opts,
+                                           progress=emit or not args.no_progress, repeat=repeat,
+                                           tokens=tokens.setdefault(name, [])))
     except (ValueError, TypeError) as error:  # an option the engine refuses: one line, no traceback
         if getattr(error, "chapter", chapter) != chapter:
             raise

@@ -329,13 +329,13 @@ def bench_latency(argv):
     for chapter, option in args.option:
         options.setdefault(chapter, {}).update(option)
     slo = {"ttft_p90_s": args.slo_ttft, "tpot_p90_s": args.slo_tpot}
-    rows, stages = [], {}
+    rows, stages, subsets = [], {}, dict(args.subset)
     for chapter in chapters:
         generate, opts = chapter_module(chapter).generate, options.get(chapter, {})
         stages[chapter] = warm_up_stages(chapter, model, workload.requests(model.config.vocab_size), opts, False)
         for rate in sorted(rates):
             requests = workload.requests(model.config.vocab_size, args.requests, rate=rate, burst=args.burst)
-            requests = requests[: dict(args.subset).get(chapter, len(requests))]
+            requests = requests[: subsets.get(chapter, len(requests))]
             completions = generate(model, requests, **opts)
             wall = max(c.token_times[-1] for c in completions if c.token_times)
             rows.append({"chapter": chapter, "rate": rate, "burst": args.burst, "requests": len(requests),
@@ -545,7 +545,7 @@ def tp_step_split(data: dict) -> dict[str, list[tuple[str, float, float]]]:
 
 
 def run_spread(r: dict) -> str:
-    """The slowest and fastest of a row's timed runs, in tokens/s ("" for a single run)."""
+    """The slowest and fastest of a row's timed runs, in tokens/s ("one run" where it ran once)."""
     walls = r["extra"].get("walls_s", [])
     return f"{r['output_tokens'] / max(walls):,.0f}-{r['output_tokens'] / min(walls):,.0f}" if len(walls) > 1 else "one run"
 
