@@ -209,7 +209,7 @@ if __name__ == "__main__" and MODEL_DIR:
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1_ch01_ch02.json", "W1 on one H200 (committed data)", ["ch01_naive"])
+    show_committed("h200_w1.json", "W1 on one H200 (committed data)", ["ch01_naive"])
 
 # %% [markdown]
 # ## Exercises

@@ -192,7 +192,7 @@ if __name__ == "__main__" and "get_ipython" in globals():
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1_ch01_ch02.json", "W1 on one H200 (committed data)", ["ch01_naive", "ch02_padded"])
+    show_committed("h200_w1.json", "W1 on one H200 (committed data)", ["ch01_naive", "ch02_padded"])
     from minigpt import plots
 
     plots.padding_waste(generate(demo_model, demo, batch_size=4).stats, None, "this run's padding waste")

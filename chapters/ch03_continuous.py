@@ -406,7 +406,7 @@ def generate(model, requests: list[Request], **options) -> Completions:
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
-    from minigpt import from_config, get_workload
+    from minigpt import from_config, get_workload, plots
 
     from chapters import ch01_naive
     from minigpt.reference import assert_same_tokens
@@ -421,19 +421,18 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests (the cell below
 # prints chapter 3's committed H200 run). Look at the KV memory line: a slot is as long as the longest request
 # may grow, and a request fills it only at its last step: most of the reserved memory holds nothing.
+# On the H200 W1's first run took 92 s, the next two 29-32: there SDPA hands attention to cuDNN, which
+# plans each new key length once (76 ms, then 0.15 ms a call).
 #
 # Under load (`--rate 40`: 40 requests a second), a request joins at the next step instead of waiting for a
 # batch to finish: in the committed 2-core CPU sweep its TTFT p90 is 14 ms at 40 a second, chapter 2's 439.
-# Its limit is the time between tokens, a slow decode step: 64 ms p90 on the H200 at 4 requests a second.
 # ![TTFT and TPOT against the request rate on this CPU, `python -m tools.bench latency`](../figures/cpu_latency.png)
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1_ch03.json", "W1 on one H200 (committed data)")
-    from minigpt import plots
-
+    show_committed("h200_w1.json", "W1 on one H200 (committed data)", ["ch03_continuous"])
     plots.occupancy(generate(demo_model, demo, max_batch_tokens=64).stats["trace"], None, "this run, step by step")
 
 # %% [markdown]

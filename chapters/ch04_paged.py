@@ -365,10 +365,11 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # gathering the blocks and calling SDPA reaches 26% (`figures/h200_attention.json`). And in the same KV
 # memory, more requests run at once: W1's first 64 requests in room for 8 of the longest ran 7.4 at a
 # time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m tools.bench memory`). Under
-# load that moves the knee wherever requests wait for memory. The H200 latency sweep's 32 requests fit in
-# either cache, so there the step decides: at 4 requests a second, 25 ms p90 between tokens against chapter
-# 3's 64 (`figures/h200_latency.png`). What is left of chapter 4's step is mostly the CPU launching the
-# eager model's kernels one by one, which the next chapter hides.
+# load that moves the knee wherever requests wait for memory. On the H200 the pool holds over a million
+# tokens, so there the step decides: with 1,024 requests arriving, chapter 4 keeps TTFT p90 at 51 ms at 8 a
+# second; at 16 they bring about 9,000 tokens a second, more than its 6,000 tokens/s, so the queue grows
+# and TTFT p90 reaches 12 s (`figures/h200_latency.png`). What is left of chapter 4's step is mostly the CPU launching the eager model's kernels
+# one by one, which the next chapter hides.
 #
 # Where memory is the limit, the knee moves. The second cell gives both chapters the same KV memory: 4
 # slots, each as long as W1-small's longest request, or as many tokens in 8-token blocks. Requests arrive
@@ -382,8 +383,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1_ch03.json", "W1 on one H200: chapter 3 (committed data)", ["ch03_continuous"])
-    show_committed("h200_w1.json", "W1 on one H200: chapter 4, the eager model (committed data)", ["ch04_paged"])
+    show_committed("h200_w1.json", "W1 on one H200: chapters 3 and 4, the eager model (committed data)",
+                   ["ch03_continuous", "ch04_paged"])
     from minigpt import plots
 
     traces = {"ch03 slots": ch03_continuous.generate(demo_model, demo, max_batch_tokens=64).stats["trace"],

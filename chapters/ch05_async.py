@@ -398,8 +398,8 @@ if __name__ == "__main__" and "get_ipython" in globals():  # (a notebook; import
 # `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async` runs
 # the engine both ways and records when the GPU was busy (CUDA events around each step). The cell below
 # prints the H200's committed runs: asynchronously the gaps close, most where steps are short (W1, about 7
-# ms; W2's 8B model, about 11), and each request waits less between tokens (W1's TPOT p50: 10.1 ms sync,
-# 8.4 async). Then it runs this CPU both ways: the worker computes step N while the main thread prepares
+# ms; W2's 8B model, about 11), and each request waits less between tokens (W1's TPOT p50: 10.3 ms sync,
+# 8.3 async). Then it runs this CPU both ways: the worker computes step N while the main thread prepares
 # N+1, yet the wall time barely moves: kernels release Python's lock, launches do not.
 
 # %%

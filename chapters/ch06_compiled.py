@@ -244,7 +244,8 @@ if __name__ == "__main__" and "get_ipython" in globals():
 if __name__ == "__main__" and "get_ipython" in globals():
     from minigpt.metrics import show_committed
 
-    show_committed("h200_w1.json", "W1 on one H200, chapters 4-6, one run (committed data)")
+    show_committed("h200_w1.json", "W1 on one H200, chapters 4-6, one run (committed data)",
+                   ["ch04_paged", "ch05_async@use_async=false", "ch05_async", "ch06_compiled"])
     show_committed("h200_w1_arc.json", "W1 on one H200, either wrapper (committed data)", [
         "ch06_compiled@cpp_wrapper=true", "ch06_compiled@cpp_wrapper=false"])
 

@@ -133,3 +133,16 @@ def test_compared_chapters_are_timed_in_rounds(monkeypatch):
     assert calls == ["ch01_naive", "ch03_continuous"] * 3
     assert [len(r.extra["walls_s"]) for r in rows] == [3, 3]
     assert tokens["ch01_naive"] == tokens["ch03_continuous"]
+
+
+@pytest.mark.slow  # the peer sizes its cache from free memory: 30 s on a CPU
+def test_the_peer_runs_as_often_as_asked_and_reports_its_median_run():
+    """`--repeat` reaches the peer too: a later run in the same process finds what the first built."""
+    from minigpt import Request, from_config
+    from tools.bench import transformers_cb
+
+    model = from_config("tiny")
+    requests = [Request([5, 6, 7], max_new_tokens=3, ignore_eos=True), Request([8, 9], max_new_tokens=2, ignore_eos=True)]
+    row = transformers_cb(model, requests, "mine", "cpu", "transformers_cb", repeat=2)
+    assert len(row.extra["walls_s"]) == 2 and row.wall_s in row.extra["walls_s"]
+    assert "median of 2 runs" in row.note and row.output_tokens == 5

@@ -103,3 +103,23 @@ def test_the_sweep_stops_a_chapter_at_its_first_miss():
     data = bench_latency(["--requests", "3", "--rates", "400,50", "--chapters", "ch03_continuous,ch04_paged",
                           "--slo-ttft", "0"])  # nothing meets a TTFT of 0
     assert [(r["chapter"], r["rate"]) for r in data["results"]] == [("ch03_continuous", 50.0), ("ch04_paged", 50.0)]
+
+
+def test_each_chapter_serves_its_requests_once_untimed_before_the_sweep(monkeypatch):
+    """A shape's first use (on a GPU, a cuDNN plan for each new key length) is paid before the timed rates."""
+    from chapters import ch03_continuous
+    from tools.bench import bench_latency
+
+    calls, generate = [], ch03_continuous.generate
+
+    def recording(model, requests, **options):
+        calls.append((len(requests), max(r.arrival_time for r in requests) > 0, requests[0].max_new_tokens))
+        return generate(model, requests, **options)
+
+    monkeypatch.setattr(ch03_continuous, "generate", recording)
+    data = bench_latency(["--requests", "3", "--rates", "50", "--chapters", "ch03_continuous", "--every-rate"])
+    warm_ups, untimed, timed = calls[:2], calls[2], calls[3]
+    assert all(new_tokens == 2 for *_, new_tokens in warm_ups)  # the short warm-up, then:
+    assert untimed[:2] == (3, False) and untimed[2] > 2  # the sweep's requests, whole, all at once
+    assert timed[:2] == (3, True) and len(calls) == 4  # then each rate, arriving over time
+    assert data["warm_pass"] and any("untimed" in name for name, _ in data["stages"]["ch03_continuous"])
