@@ -20,8 +20,7 @@
 # join and leave the batch at every step, how a long prompt is prefilled in chunks beside other
 # requests' decode steps, and what reserving KV memory per request costs.
 #
-# Chapter 2 lost time on pad tokens, and on finished rows that wait for the batch's slowest member. Both
-# come from the rectangle. Drop it:
+# Chapter 2 lost time on pad tokens and on finished rows waiting for the slowest: the rectangle. Drop it:
 #
 # * **ragged batches**: the model already takes a flat list of tokens. Put every running request's new
 #   tokens in it, back to back: a decoding request brings 1, a prefilling one a chunk of its prompt.
@@ -421,8 +420,9 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests (the cell below
 # prints chapter 3's committed H200 run). Look at the KV memory line: a slot is as long as the longest request
 # may grow, and a request fills it only at its last step: most of the reserved memory holds nothing.
-# On the H200 W1's first run took 92 s, the next two 29-32: there SDPA hands attention to cuDNN, which
-# plans each new key length once (76 ms, then 0.15 ms a call).
+# On the H200 the first timed run took 92 s (after a warm-up on a few short requests), the next two 29-32:
+# there PyTorch's SDPA gives this decode attention to cuDNN, NVIDIA's library, which builds a plan the first
+# time it meets each key length (76 ms, then 0.15 ms a call). The table's median is a later run.
 #
 # Under load (`--rate 40`: 40 requests a second), a request joins at the next step instead of waiting for a
 # batch to finish: in the committed 2-core CPU sweep its TTFT p90 is 14 ms at 40 a second, chapter 2's 439.

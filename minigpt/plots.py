@@ -142,7 +142,7 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
         ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))  # 1, 2, 5, 10, 20, 50...
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 50, not 5 x 10^1
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="best")  # TTFT climbs into the top corners past a knee
     fig.suptitle(title + (" (dashed: the SLO; ring: the largest rate within it)" if goodput else " (dashed: the SLO)"),
                  fontsize=10)
     return _save(fig, path)

@@ -16,12 +16,13 @@ import argparse
 import json
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from minigpt import from_config, get_workload, results_table, save_results
+from minigpt import from_config, get_config, get_workload, results_table, save_results
 from minigpt.cli import (CHAPTERS, add_common_arguments, check_arguments, default_dtype, measure, positive_int,
                          set_threads, warm_up_stages)
 from minigpt.metrics import FIGURES, console, decode_phase, environment
@@ -604,9 +605,12 @@ def results_markdown() -> str:
     w1_tokens = latest["ch03_continuous"][0]["output_tokens"]  # all of W1
     minutes = {c: w1_tokens / latest[c][0]["tokens_per_s"] / 60 for c in ("ch01_naive", "ch02_padded")}
     commits = ", ".join(sorted({load(f)["environment"]["commit"] for f in W1_FILES + [PEER_FILE]}))
-    lines = [f"Every W1 row below, the peer's too, comes from one commit ({commits}) on one H200: the chapters one "
-             "after another in one process, each warmed up untimed, then timed three times, and the peer after them "
-             "in its own process (the files are listed at the end). Chapters 1 and 2 ran a stated subset of W1: all of it "
+    lines = [f"Every W1 row below, the full-W1 peer's too, comes from one commit ({commits}) on one H200: the "
+             "chapters one after another in one process, each warmed up untimed on a few short requests, then timed "
+             "three times, and the peer after them in its own process. That H200 was one of two in its host: the "
+             "ladder, the peer and W2 ran on it and 16 of the host's 32 cores, while the latency sweep and the warm "
+             "first run ran on the other GPU and the other 16 cores, at the same time (`taskset`; each file's command "
+             "and commit are listed at the end). Chapters 1 and 2 ran a stated subset of W1: all of it "
              f"would take them about {minutes['ch01_naive']:.0f} and {minutes['ch02_padded']:.0f} minutes at these rates.",
              "", "| chapter | idea | what it runs; its options | H200 output tokens/s on W1 | its runs, slowest-fastest | gain over the "
              "previous | requests run | commit |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
@@ -626,8 +630,9 @@ def results_markdown() -> str:
                   f"({', '.join(f'{a:.1f} s against a median of {m:.1f}' for _, a, m in slow)}). These chapters "
                   "attend with PyTorch's SDPA, which on the H200 hands the call to cuDNN, and cuDNN builds a plan the "
                   f"first time it meets each key length: {first:.0f} ms, then {again:.2f} ms a call (`figures/{SDPA_LOG}`). "
-                  "A first run meets most of W1's lengths; the median is the engine once warm. Chapters 4-6 read "
-                  "the cache with their own Triton kernel."]
+                  "The warm-up's short requests meet few lengths, a first timed run most of W1's; the median is a "
+                  "later run, with the plans built. Chapters 4-6 decode with their own Triton kernel and prefill with "
+                  "FlashAttention's, no cuDNN."]
     search, full = load(PEER_SEARCH), load(PEER_FILE)
     peer, top = full["results"][0], latest["ch06_compiled"][0]
     logs = {f: (FIGURES / f).read_text() for f in (PEER_SEARCH_LOG, PEER_LOG)}
@@ -638,13 +643,14 @@ def results_markdown() -> str:
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
     lines += ["", f"**Chapter 6 against transformers' own continuous batching on full W1, at the same commit on the "
               f"same machine: {top['tokens_per_s']:,.0f} against {peer['tokens_per_s']:,.0f} output tokens/s, "
-              f"{top['tokens_per_s'] / peer['tokens_per_s']:.0f}x; "
-              f"{top['tokens_per_s'] / as_installed:.0f}x against the {as_installed:,} it ran once earlier as "
+              f"{top['tokens_per_s'] / peer['tokens_per_s']:.1f}x; "
+              f"{top['tokens_per_s'] / as_installed:.1f}x against the {as_installed:,} it ran once earlier as "
               "installed (without CUDA graphs, `figures/reference_h200.json`)" +
-              (", with its warm-up failed in this run (below)" if peer["extra"].get("warm_up_failed") else "") + ".** "
+              (", its warm-up failed in this run, so its one timed run was also its first (below)"
+               if peer["extra"].get("warm_up_failed") else "") + ".** "
               "The peer ran the same weights and requests (EOS ignored), each configuration below first on W1's "
               f"first {search['results'][0]['num_requests']} requests (commit {search['environment']['commit']}), "
-              f"then the fastest on all 256 (commit {full['environment']['commit']}). "
+              f"then the fastest, with `max_memory_percent=0.8` added, on all 256 (commit {full['environment']['commit']}). "
               "A configuration is its options joined by `+`: `use_cuda_graph`, `block_size` (tokens a KV block), "
               "`use_async`, `max_memory_percent` (the share of free memory its KV cache takes) are transformers' "
               "own; `deadline_s` is the bench's, the seconds after which it stops waiting and the row says what was "
@@ -657,10 +663,11 @@ def results_markdown() -> str:
         lines.append(f"| `{r['chapter'].removeprefix('transformers_cb@')}` | {r['num_requests']} | {speed} | "
                      f"{r['wall_s']:.1f} | {cell(r['note'])} |")
     if sum(failed_warmups.values()) or loop_errors:
-        lines += ["", f"Its logs show its warm-up running out of GPU memory {failed_warmups[PEER_LOG]} time(s) in the "
-                  f"full run (`figures/{PEER_LOG}`) and {failed_warmups[PEER_SEARCH_LOG]} in the runs at commit "
-                  f"{search['environment']['commit']}, the search and a full run (`figures/{PEER_SEARCH_LOG}`): it sizes its KV cache from the free memory, then its warm-up asks "
-                  "for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs inside the "
+        full_run = f"in the full run (`figures/{PEER_LOG}`), and " if failed_warmups[PEER_LOG] else ""
+        lines += ["", f"Its warm-up ran out of GPU memory {full_run}{failed_warmups[PEER_SEARCH_LOG]} times in the runs "
+                  f"at commit {search['environment']['commit']}, the search's among them (their notes above predate the "
+                  f"bench's mark for it; `figures/{PEER_SEARCH_LOG}`): it sizes its KV cache from the free memory, then "
+                  "its warm-up asks ""for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs inside the "
                   "timed run, and its SDPA likely builds cuDNN's plans there too, as chapters 2 and 3 do in their first run "
                   "above. So the row is likely below what the peer does once warm (chapter 6's compile, by contrast, "
                   "is untimed)" + (f"; its async run's loop failed: \"{loop_errors[0].rstrip('.')}\"" if loop_errors else "") +
@@ -698,23 +705,41 @@ def results_markdown() -> str:
               "sustains within the SLO; its knee lies between that rate and its first miss:", "",
               "| chapter | requests | goodput, requests/s | p90 TTFT / TPOT ms there | first miss, requests/s | "
               "p90 TTFT / TPOT ms there | what missed |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    first_runs = set() if sweep.get("warm_pass") else {  # chapters whose first run builds cuDNN's plans (above)
+        name for name, *_ in slow_first_runs([latest[label][0] for label, *_ in CHAPTER_ROWS])}
+    queued = []
     for chapter, rate in best.items():
         mine = [x for x in sweep["results"] if x["chapter"] == chapter]
         held = next((x for x in mine if x["rate"] == rate), None)
         miss = next((x for x in mine if x["rate"] > rate), None)
         missed = miss and " and ".join(name for name, key in (("TTFT", "ttft"), ("TPOT", "tpot"))
                                        if miss[key]["p90"] > slo[f"{key}_p90_s"])
-        lines.append(f"| {chapter} | {mine[0]['requests']} | {format(rate, 'g') if rate else 'under ' + format(mine[0]['rate'], 'g')} | "
-                     f"{ms(held) if held else ''} | {format(miss['rate'], 'g') if miss else 'none tried'} | "
-                     f"{ms(miss) if miss else ''} | {missed or ''} |")
-    if not sweep.get("warm_pass"):  # a sweep from before the bench ran each chapter's requests once untimed
+        goodput_cell = format(rate, "g") if rate else "under " + format(mine[0]["rate"], "g")
+        lines.append(f"| {chapter} | {mine[0]['requests']} | {goodput_cell}"
+                     f"{' (a first run: below)' if chapter in first_runs else ''} | {ms(held) if held else ''} | "
+                     f"{format(miss['rate'], 'g') if miss else 'none tried'} | {ms(miss) if miss else ''} | {missed or ''} |")
+        if missed == "TTFT" and held:
+            queued.append((chapter, miss))
+    workload = get_workload(sweep["workload"])
+    mean_tokens = statistics.mean(r.max_new_tokens for r in workload.requests(get_config(sweep["preset"]).vocab_size))
+    counts = sorted({x["requests"] for x in sweep["results"]})
+    lines += ["", f"The requests column: chapters run the first {', '.join(map(str, counts[:-1]))} or all {counts[-1]} "
+              "of the workload's requests (a static batch, or chapter 3's slower step, takes minutes a point), so "
+              "compare a row's rates with each other, not those rows with the full ones."]
+    if queued:
+        lines += ["", f"Past the knee the queue shows in TTFT, not TPOT. {sweep['workload']}'s requests ask for "
+                  f"{mean_tokens:.0f} tokens on average, so at R requests a second about {mean_tokens:.0f}R tokens a "
+                  "second arrive: " + "; ".join(f"{c} at {m['rate']:g}, {m['rate'] * mean_tokens:,.0f} against the "
+                                               f"{m['tokens_per_s']:,.0f} it served" for c, m in queued) +
+            ". Requests wait longer for their first token for as long as they keep coming, while the running "
+            "batch's steps stay as fast."]
+    if first_runs:
         tpots = re.findall(r"TPOT p90 ([\d.]+) ms", (FIGURES / SECOND_PASS_LOG).read_text())
-        lines += ["", "This sweep warmed each chapter on a few short requests only, so chapters 2 and 3, whose SDPA "
-                  "builds a cuDNN plan for each new key length (above), built theirs inside the timed runs: their "
-                  f"misses are a first run's. Chapter 3 on the same requests twice in one process at 8 a second: "
-                  f"TPOT p90 {tpots[0]} ms the first time, {tpots[1]} the second, within the SLO "
-                  f"(`figures/{SECOND_PASS_LOG}`). The bench now runs each chapter's requests once, untimed, "
-                  "before it times them."]
+        lines += ["", f"This sweep warmed each chapter on a few short requests only, so {' and '.join(sorted(first_runs))}, "
+                  "whose SDPA builds a cuDNN plan for each new key length (above), built them inside their timed runs. "
+                  f"Chapter 3 on the same requests twice in one process at 8 a second: TPOT p90 {tpots[0]} ms the "
+                  f"first time, {tpots[1]} the second, within the SLO (`figures/{SECOND_PASS_LOG}`); chapter 2 was not "
+                  "run again. The bench now serves each chapter's requests once, untimed, before it times them."]
     tp = load(TP_FILE)
     lines += ["", "Two H200s of one host, tensor parallelism (chapter 7, its model eager, decode as CUDA graphs with the "
               f"all-reduces inside; commit {tp['environment']['commit']}):", "",
@@ -761,10 +786,11 @@ def results_markdown() -> str:
     lines += [f"| {chapter} | {rate:g} |" if rate else f"| {chapter} | none of those tried |" for chapter, rate in best.items()]
     seen_cpu = [("cpu_latency.json", sweep["command"])]
     env = load(W1_FILES[-1])["environment"]
-    lines += ["", "Test configuration (H200): " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
+    lines += ["", "Test configuration (H200, the ladder's process): " +
+              ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
-              "Every number above comes from these commands, run on the H200 with `--out $OUT/...` and the file "
-              "saved under `figures/` as named:", ""]
+              "Every number above comes from these commands, each at the commit named, the H200's run with "
+              "`--out $OUT/...` and the file saved under `figures/` as named:", ""]
     seen = []
     for _, (r, f, command) in latest.items():
         if (f, command) not in seen:
@@ -773,8 +799,8 @@ def results_markdown() -> str:
     seen += [("cpu_w1small.json", cpu["command"])]
     seen += [(f"cpu_chapters/run{i}.json", run["command"]) for i, run in enumerate(runs, 1)]
     seen += seen_cpu
-    lines += [f"- `{f}`: `{re.sub('/root/(out|res)/', '$OUT/', c)}`{missing_rows(f, c)}"  # $OUT: the device's
-              for f, c in seen]                                                         # output folder
+    lines += [f"- `{f}` (commit {load(f)['environment']['commit']}): `{re.sub('/root/(out|res)/', '$OUT/', c)}`"
+              f"{missing_rows(f, c)}{before_warm_pass(f)}" for f, c in seen]  # $OUT: the device's output folder
     return "\n".join(lines)
 
 
@@ -785,6 +811,12 @@ def missing_rows(file: str, command: str) -> str:
     have = {r["chapter"] for r in load(file)["results"]} | set(load(file).get("failed", {}))
     lacking = [c for c in named if c not in have]
     return f" (named, not in the file: {', '.join(lacking)}; NOTES.md says why)" if lacking else ""
+
+
+def before_warm_pass(file: str) -> str:
+    """" (...)" for a latency sweep run before the bench served each chapter's requests once untimed, else ""."""
+    data = load(file)
+    return "" if "slo" not in data or data.get("warm_pass") else " (before the bench's untimed pass, which it now adds)"
 
 
 README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
