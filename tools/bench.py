@@ -453,6 +453,7 @@ PEER_LOG = "h200_w1_transformers.log"
 PEER_SEARCH_LOG = "lab/h200_w1_transformers_828177d.log"  # the search's process (and a full run)
 LATENCY_FILE = "h200_latency.json"  # latency under load on the H200 (`bench latency`)
 WARM_FILE = "h200_first_run_warm.json"  # chapters 4-6 in a later process, inductor's and Triton's caches on disk
+CPU_LATENCY_AGAIN = "lab/cpu_latency_2d93929.json"  # cpu_latency.json's command run again, later
 SDPA_LOG = "lab/h200_sdpa_first_call.log"  # SDPA's first call at each new key length against its next
 SECOND_PASS_LOG = "lab/h200_ch03_second_pass.log"  # chapter 3 at 8 requests a second, twice in one process
 CHAPTER_ROWS = [  # (result label, row name, idea, what its engine runs)
@@ -776,15 +777,20 @@ def results_markdown() -> str:
         gains = [run["results"][i]["tokens_per_s"] / run["results"][i - 1]["tokens_per_s"] for run in runs] if i else []
         lines.append(f"| {r['chapter']} | {', '.join(f'{v:,.0f}' for v in speeds)} | {max(speeds) / min(speeds) - 1:.0%} "
                      f"| {', '.join(f'{g:.2f}x' for g in gains)} |")
-    sweep = load("cpu_latency.json")
+    sweep, again = load("cpu_latency.json"), load(CPU_LATENCY_AGAIN)
     best = goodput(sweep["results"], sweep["slo"])
     lines += ["", f"Latency under load on the same CPU ({sweep['workload']}, {sweep['results'][0]['requests']} requests "
               f"arriving as a Poisson process; SLO: TTFT p90 at most {sweep['slo']['ttft_p90_s'] * 1e3:,.0f} ms and TPOT "
               f"p90 at most {sweep['slo']['tpot_p90_s'] * 1e3:,.0f} ms; `cpu_latency.json`, drawn in "
-              "[figures/cpu_latency.png](figures/cpu_latency.png)):", "",
-              "| chapter | largest rate within the SLO, requests/s |", "| --- | ---: |"]
-    lines += [f"| {chapter} | {rate:g} |" if rate else f"| {chapter} | none of those tried |" for chapter, rate in best.items()]
-    seen_cpu = [("cpu_latency.json", sweep["command"])]
+              "[figures/cpu_latency.png](figures/cpu_latency.png)), and the same command run again later "
+              f"(`{CPU_LATENCY_AGAIN}`, commit {again['environment']['commit']}, with the untimed pass). The tiny "
+              "model's TPOT sits near the SLO's 5 ms, so a chapter's goodput moves by a rate step or more between "
+              "runs: read the curves' shapes, not one rate:", "",
+              "| chapter | largest rate within the SLO, requests/s | the later run |", "| --- | ---: | ---: |"]
+    best_again = goodput(again["results"], again["slo"])
+    rate_cell = lambda rate: f"{rate:g}" if rate else "none of those tried"  # noqa: E731
+    lines += [f"| {chapter} | {rate_cell(rate)} | {rate_cell(best_again.get(chapter, 0))} |" for chapter, rate in best.items()]
+    seen_cpu = [("cpu_latency.json", sweep["command"]), (CPU_LATENCY_AGAIN, again["command"])]
     env = load(W1_FILES[-1])["environment"]
     lines += ["", "Test configuration (H200, the ladder's process): " +
               ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
