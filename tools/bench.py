@@ -644,10 +644,9 @@ def results_markdown() -> str:
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731  ("paged|sdpa" is not two columns)
     lines += ["", f"**Chapter 6 against transformers' own continuous batching on full W1, at the same commit on the "
               f"same machine: {top['tokens_per_s']:,.0f} against {peer['tokens_per_s']:,.0f} output tokens/s, "
-              f"{top['tokens_per_s'] / peer['tokens_per_s']:.1f}x; "
-              f"{top['tokens_per_s'] / as_installed:.1f}x against the {as_installed:,} it ran once earlier as "
-              "installed (without CUDA graphs, `figures/reference_h200.json`)" +
-              (", its warm-up failed in this run, so its one timed run was also its first (below)"
+              f"{top['tokens_per_s'] / peer['tokens_per_s']:.1f}x (and {top['tokens_per_s'] / as_installed:.1f}x against "
+              f"the {as_installed:,} it ran once earlier as installed, without CUDA graphs: `figures/reference_h200.json`)" +
+              ("; its warm-up failed in this run, so its one timed run was also its first (below)"
                if peer["extra"].get("warm_up_failed") else "") + ".** "
               "The peer ran the same weights and requests (EOS ignored), each configuration below first on W1's "
               f"first {search['results'][0]['num_requests']} requests (commit {search['environment']['commit']}), "
