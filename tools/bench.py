@@ -340,8 +340,8 @@ def bench_latency(argv):
     for chapter in chapters:
         generate, opts = chapter_module(chapter).generate, options.get(chapter, {})
         first_stage, count = len(STAGES), subsets.get(chapter, args.requests)
-        warm_up_stages(chapter, model, workload.requests(model.config.vocab_size), opts, False)
-        with stage(f"{chapter}: its requests once, all at once, untimed (every shape they meet is met here)", False):
+        warm_up_stages(chapter, model, workload.requests(model.config.vocab_size), opts)  # each shown with its seconds
+        with stage(f"{chapter}: its requests once, all at once, untimed (every shape they meet is met here)"):
             generate(model, workload.requests(model.config.vocab_size, args.requests)[:count], **opts)
         stages[chapter] = STAGES[first_stage:]
         for rate in sorted(rates):
