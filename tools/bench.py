@@ -442,12 +442,11 @@ def bench_profile(argv):
 
 
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
-# W1 results at one commit, one process after another: chapters 1-2 (stated subsets), chapter 3, chapters 4-6.
-W1_FILES = ["h200_w1.json"]  # the ladder: every chapter on W1, one process
+W1_FILE = "h200_w1.json"  # the ladder: every chapter on W1 in one process, chapters 1-2 on stated subsets
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
 TP_FILE = "h200_tp.json"  # chapter 7 on one H200 and on two
-# transformers' continuous batching in the same run: its configurations tried on W1's first 32 requests, then
-# the fastest on full W1; its own log beside them (the warnings it printed)
+# transformers' continuous batching: its configurations tried on W1's first 32 requests, then the fastest on
+# full W1 at the ladder's commit; its own logs beside them (the warnings it printed)
 PEER_SEARCH, PEER_FILE = "h200_w1_transformers_search.json", "h200_w1_transformers.json"
 PEER_LOG = "h200_w1_transformers.log"
 PEER_SEARCH_LOG = "lab/h200_w1_transformers_828177d.log"  # the search's process (and a full run)
@@ -473,13 +472,8 @@ def load(name: str) -> dict:
 
 
 def w1_results() -> dict:
-    """label -> (result dict, file name, command)"""
-    latest = {}
-    for f in W1_FILES:
-        data = load(f)
-        for r in data["results"]:
-            latest[r["chapter"]] = (r, f, data["command"])
-    return latest
+    """The ladder's rows: label -> result dict."""
+    return {r["chapter"]: r for r in load(W1_FILE)["results"]}
 
 
 def report(argv):
@@ -488,25 +482,25 @@ def report(argv):
 
     argparse.ArgumentParser(prog="python -m tools.bench report", description=report.__doc__).parse_args(argv)
     latest, ref, peer = w1_results(), load("reference_h200.json"), load(PEER_FILE)["results"][0]
-    rows = [(row, latest[label][0]) for label, row, _, _ in CHAPTER_ROWS if label in latest]
+    rows = [(row, latest[label]) for label, row, _, _ in CHAPTER_ROWS if label in latest]
     ladder_rows = [(name, r["tokens_per_s"], f"{r['num_requests']} req" if r["num_requests"] < 256 else "")
                    for name, r in rows]
     plots.ladder(ladder_rows, {"limit: W1's KV bytes at the copy bandwidth": ref["w1_floor_tokens_per_s"],
                                "transformers' continuous batching, full W1, its fastest configuration tried":
                                    peer["tokens_per_s"]},
                  FIGURES / "ladder_w1.png", "W1 on one H200 (qwen3-0.6b shape, bf16): output tokens/s")
-    ch02 = latest["ch02_padded"][0]
+    ch02 = latest["ch02_padded"]
     plots.padding_waste(ch02["extra"], FIGURES / "padding_waste_w1.png",
                         f"ch02 on W1 ({ch02['num_requests']} requests, one batch): wasted slots")
     sweep = load(LATENCY_FILE)
     plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
                           FIGURES / "h200_latency.png", f"{sweep['workload']} on one H200: latency under load")
-    ch03, ch04 = latest["ch03_continuous"][0], latest["ch04_paged"][0]
+    ch03, ch04 = latest["ch03_continuous"], latest["ch04_paged"]
     plots.kv_memory({"ch03 slots": ch03["extra"]["trace"], "ch04 blocks": ch04["extra"]["trace"]},
                     ch03["extra"]["kv_bytes_per_token"], FIGURES / "kv_memory_w1.png",
                     "KV memory over W1 on the H200: reserved vs holding keys")
     plots.occupancy(ch03["extra"]["trace"], FIGURES / "occupancy_w1.png", "ch03 on W1: batch occupancy per step")
-    sync_w1, async_w1 = latest["ch05_async@use_async=false"][0], latest["ch05_async"][0]
+    sync_w1, async_w1 = latest["ch05_async@use_async=false"], latest["ch05_async"]
     plots.async_timeline({"sync": sync_w1["extra"]["timeline"], "async": async_w1["extra"]["timeline"]},
                          FIGURES / "async_timeline_w1.png", "ch05 on W1, decode steps 500-519, one H200", first=500)
     w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
@@ -530,7 +524,7 @@ def report(argv):
                           FIGURES / "cpu_latency.png", f"{sweep['workload']} on a CPU: latency under load")
     write_readme_results()
     for label in ("ch05_async@use_async=false", "ch05_async"):  # NOTES.md's W1 analysis, from the same data
-        r = latest[label][0]
+        r = latest[label]
         tl, tr = r["extra"]["timeline"], r["extra"]["trace"]
         decode_gpu = sum(s["gpu_end"] - s["gpu_start"] for s in tl if s["graph"])
         kv_read = sum(s["kv_used"] for s in tr if s["graph"]) * r["extra"]["kv_bytes_per_token"]
@@ -538,7 +532,7 @@ def report(argv):
         console.print(f"{label} on W1: decode steps {decode_gpu:.2f} s of GPU work reading {kv_read / 1e12:.1f} TB of KV "
                       f"({kv_read / 4.24e12:.2f} s at 4.24 TB/s); {len(eager)} eager steps, "
                       f"{sum(s['gpu_end'] - s['gpu_start'] for s in eager):.2f} s of GPU span")
-    console.print(f"wrote figures and README results from {', '.join(W1_FILES + [W2_FILE, PEER_SEARCH, PEER_FILE])}")
+    console.print(f"wrote figures and README results from {', '.join([W1_FILE, W2_FILE, PEER_SEARCH, PEER_FILE])}")
 
 
 def tp_step_split(data: dict) -> dict[str, list[tuple[str, float, float]]]:
@@ -601,11 +595,11 @@ def command_options(command: str, label: str) -> list[str]:
 
 def results_markdown() -> str:
     """The README's results section, from the JSON files alone."""
-    latest = w1_results()
+    latest, ladder = w1_results(), load(W1_FILE)
     w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
-    w1_tokens = latest["ch03_continuous"][0]["output_tokens"]  # all of W1
-    minutes = {c: w1_tokens / latest[c][0]["tokens_per_s"] / 60 for c in ("ch01_naive", "ch02_padded")}
-    commits = ", ".join(sorted({load(f)["environment"]["commit"] for f in W1_FILES + [PEER_FILE]}))
+    w1_tokens = latest["ch03_continuous"]["output_tokens"]  # all of W1
+    minutes = {c: w1_tokens / latest[c]["tokens_per_s"] / 60 for c in ("ch01_naive", "ch02_padded")}
+    commits = ", ".join(sorted({load(f)["environment"]["commit"] for f in (W1_FILE, PEER_FILE)}))
     lines = [f"Every W1 row below, the full-W1 peer's too, comes from one commit ({commits}) on one H200: the "
              "chapters one after another in one process, each warmed up untimed on a few short requests, then timed "
              "three times, and the peer after them in its own process. That H200 was one of two in its host: the "
@@ -617,16 +611,16 @@ def results_markdown() -> str:
              "previous | requests run | commit |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     prev = None
     for label, name, idea, runs in CHAPTER_ROWS:
-        r, f, command = latest[label]
+        r = latest[label]
         module = name.split(" ")[0]
         gain = f"{r['tokens_per_s'] / prev:.1f}x" if prev else ""
-        commit = load(f)["environment"].get("commit", "not recorded")
-        runs = "; ".join([runs] + command_options(command, label))
+        runs = "; ".join([runs] + command_options(ladder["command"], label))
         lines.append(f"| [`{name}`](chapters/{module}.py) | {idea} | {runs} | {r['tokens_per_s']:,.0f} | "
-                     f"{run_spread(r)} | {gain} | {r['num_requests']} of 256 | {commit} |")
+                     f"{run_spread(r)} | {gain} | {r['num_requests']} of 256 | {ladder['environment']['commit']} |")
         prev = r["tokens_per_s"]
     first, again = sdpa_first_call()
-    if slow := slow_first_runs([latest[label][0] for label, *_ in CHAPTER_ROWS]):
+    slow = slow_first_runs([latest[label] for label, *_ in CHAPTER_ROWS])  # cuDNN's plans, built in a first run
+    if slow:
         lines += ["", f"{' and '.join(name for name, *_ in slow)}: the first timed run is much the slowest "
                   f"({', '.join(f'{a:.1f} s against a median of {m:.1f}' for _, a, m in slow)}). These chapters "
                   "attend with PyTorch's SDPA, which on the H200 hands the call to cuDNN, and cuDNN builds a plan the "
@@ -635,7 +629,7 @@ def results_markdown() -> str:
                   "later run, with the plans built. Chapters 4-6 decode with their own Triton kernel and prefill with "
                   "FlashAttention's, no cuDNN."]
     search, full = load(PEER_SEARCH), load(PEER_FILE)
-    peer, top = full["results"][0], latest["ch06_compiled"][0]
+    peer, top = full["results"][0], latest["ch06_compiled"]
     logs = {f: (FIGURES / f).read_text() for f in (PEER_SEARCH_LOG, PEER_LOG)}
     failed_warmups = {f: log.count("Failed to warm up") for f, log in logs.items()}
     loop_errors = [line.split(" - ERROR - ")[1] for log in logs.values() for line in log.splitlines()
@@ -667,7 +661,7 @@ def results_markdown() -> str:
         lines += ["", f"Its warm-up ran out of GPU memory {full_run}{failed_warmups[PEER_SEARCH_LOG]} times in the runs "
                   f"at commit {search['environment']['commit']}, the search's among them (their notes above predate the "
                   f"bench's mark for it; `figures/{PEER_SEARCH_LOG}`): it sizes its KV cache from the free memory, then "
-                  "its warm-up asks ""for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs inside the "
+                  "its warm-up asks for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs inside the "
                   "timed run, and its SDPA likely builds cuDNN's plans there too, as chapters 2 and 3 do in their first run "
                   "above. So the row is likely below what the peer does once warm (chapter 6's compile, by contrast, "
                   "is untimed)" + (f"; its async run's loop failed: \"{loop_errors[0].rstrip('.')}\"" if loop_errors else "") +
@@ -675,16 +669,15 @@ def results_markdown() -> str:
     for title, runs in (("W1, sync against async, eager model (the decode phase is the fair comparison: NOTES.md)", latest),
                         ("W2 (llama3-8b shape, 32 requests x 8192 new tokens), the seed article's experiment, at "
                          f"commit {load(W2_FILE)['environment']['commit']}",
-                         {k: (v,) for k, v in w2.items()})):
+                         w2)):
         lines += ["", title + ":", "",
                   "| ch05 engine | wall s | output tokens/s | GPU busy, whole run | decode phase s | GPU busy, decode phase |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for label, name in (("ch05_async@use_async=false", "sync"), ("ch05_async", "async")):
-            r = runs[label][0]
+            r = runs[label]
             span, busy = decode_phase(r["extra"]["timeline"])
             lines.append(f"| {name} | {r['wall_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['extra']['gpu_busy']:.1%} "
                          f"| {span:.2f} | {busy:.1%} |")
-    cold = load(W1_FILES[-1])  # the ladder ran first on a fresh machine, the compile caches emptied
     warm = {r["chapter"]: r for r in load(WARM_FILE)["results"]}  # a later process, the caches on disk
     lines += ["", "A first run on the H200 (the warm-up a chapter pays once, untimed): cold is the ladder's process, "
               "the first after emptying inductor's and Triton's caches, warm a later process with them on disk "
@@ -692,8 +685,8 @@ def results_markdown() -> str:
               "meets twice (each of its two engines captures graphs) is summed.",
               "", "| chapter | stage | cold s | warm s |", "| --- | --- | ---: | ---: |"]
     for chapter in ("ch04_paged", "ch05_async", "ch06_compiled"):
-        row = next(r for r in cold["results"] if r["chapter"] == chapter)
-        for name, c, w in first_run_stages(row["extra"]["stages"], warm[chapter]["extra"]["stages"]):
+        cold = latest[chapter]  # the ladder ran first on a fresh machine, the compile caches emptied
+        for name, c, w in first_run_stages(cold["extra"]["stages"], warm[chapter]["extra"]["stages"]):
             lines.append(f"| {chapter} | {name} | {c:.1f} | {w:.1f} |")
     sweep = load(LATENCY_FILE)
     best, slo = goodput(sweep["results"], sweep["slo"]), sweep["slo"]
@@ -705,8 +698,7 @@ def results_markdown() -> str:
               "sustains within the SLO; its knee lies between that rate and its first miss:", "",
               "| chapter | requests | goodput, requests/s | p90 TTFT / TPOT ms there | first miss, requests/s | "
               "p90 TTFT / TPOT ms there | what missed |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    first_runs = set() if sweep.get("warm_pass") else {  # chapters whose first run builds cuDNN's plans (above)
-        name for name, *_ in slow_first_runs([latest[label][0] for label, *_ in CHAPTER_ROWS])}
+    first_runs = set() if sweep.get("warm_pass") else {name for name, *_ in slow}  # their plans built in the sweep
     queued = []
     for chapter, rate in best.items():
         mine = [x for x in sweep["results"] if x["chapter"] == chapter]
@@ -790,17 +782,13 @@ def results_markdown() -> str:
     rate_cell = lambda rate: f"{rate:g}" if rate else "none of those tried"  # noqa: E731
     lines += [f"| {chapter} | {rate_cell(rate)} | {rate_cell(best_again.get(chapter, 0))} |" for chapter, rate in best.items()]
     seen_cpu = [("cpu_latency.json", sweep["command"]), (CPU_LATENCY_AGAIN, again["command"])]
-    env = load(W1_FILES[-1])["environment"]
+    env = ladder["environment"]
     lines += ["", "Test configuration (H200, the ladder's process): " +
               ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit") +
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
               "Every number above comes from these commands, each at the commit named, the H200's run with "
               "`--out $OUT/...` and the file saved under `figures/` as named:", ""]
-    seen = []
-    for _, (r, f, command) in latest.items():
-        if (f, command) not in seen:
-            seen.append((f, command))
-    seen += [(f, load(f)["command"]) for f in [PEER_SEARCH, PEER_FILE, W2_FILE, WARM_FILE, LATENCY_FILE, TP_FILE]]
+    seen = [(f, load(f)["command"]) for f in [W1_FILE, PEER_SEARCH, PEER_FILE, W2_FILE, WARM_FILE, LATENCY_FILE, TP_FILE]]
     seen += [("cpu_w1small.json", cpu["command"])]
     seen += [(f"cpu_chapters/run{i}.json", run["command"]) for i, run in enumerate(runs, 1)]
     seen += seen_cpu
