@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import statistics
@@ -210,13 +211,15 @@ def transformers_cb(model, requests, workload: str, device: str, label: str, rep
                                       f"{len(requests)} requests done")
     if len(runs) > 1:
         cut += f"; median of {len(runs)} runs ({', '.join(f'{w:.1f}' for w in walls)} s)"
+    allocator = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")  # e.g. expandable_segments:True, against fragments
+    cut += f"; PYTORCH_CUDA_ALLOC_CONF={allocator}" if allocator else ""
     return RunResult(chapter=label, workload=workload, preset=model.config.name, device=device,
                      dtype=str(model.dtype).removeprefix("torch."), num_requests=len(requests), output_tokens=total,
                      wall_s=run["wall_s"], tokens_per_s=total / run["wall_s"] if run["finished"] else float("nan"),
                      ttft_p50_s=float("nan"), tpot_p50_s=float("nan"),
                      note=f"transformers {transformers.__version__}, {config}{cut}",
                      extra={"finished": run["finished"], "warm_up_failed": run["warm_up_failed"], "walls_s": walls,
-                            "config": {**options, "use_cuda_graph": str(graphs)}})
+                            "config": {**options, "use_cuda_graph": str(graphs)}, "allocator": allocator})
 
 
 def bench_attention(argv):
