@@ -59,6 +59,9 @@ def test_the_latency_sweep_runs_and_draws(tmp_path):
                           "--figure", str(tmp_path / "sweep.png")])
     assert [(r["chapter"], r["rate"], r["requests"]) for r in data["results"]] == [
         ("ch02_padded", 50.0, 3), ("ch02_padded", 400.0, 3), ("ch03_continuous", 50.0, 6), ("ch03_continuous", 400.0, 6)]
+    ch02, ch03 = data["results"][0], data["results"][2]
+    assert "steps" not in ch02  # a static batch keeps no step trace
+    assert 1 <= ch03["prompt_steps"] < ch03["steps"] and ch03["graph_steps"] == 0  # chapter 3 replays no graphs
     assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").stat().st_size > 0
 
 

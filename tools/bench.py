@@ -353,7 +353,7 @@ def bench_latency(argv):
             wall = max(c.token_times[-1] for c in completions if c.token_times)
             rows.append({"chapter": chapter, "rate": rate, "burst": args.burst, "requests": len(requests),
                          "tokens_per_s": sum(len(c.tokens) for c in completions) / wall,
-                         **latency_summary(completions)})
+                         **latency_summary(completions), **step_kinds(completions.stats)})
             r = rows[-1]
             console.print(f"{chapter} at {rate:g} req/s: TTFT p90 {r['ttft']['p90'] * 1e3:,.0f} ms, TPOT p90 "
                           f"{r['tpot']['p90'] * 1e3:,.1f} ms, {r['tokens_per_s']:,.0f} tokens/s", highlight=False)
@@ -373,6 +373,23 @@ def bench_latency(argv):
         plots.latency_vs_rate(rows, slo, goodput(rows, slo), args.figure,
                               f"{workload.name} on {args.device}: latency under load")
     return data
+
+
+def step_kinds(stats: dict) -> dict:
+    """How the engine's steps split under load: those that carry a prompt chunk, those that replay a decode
+    graph, and (where chapter 5's timeline has them) the median wall time from one step's start to the next's
+    of either kind. Empty for an engine without a step trace (chapter 2)."""
+    trace = stats.get("trace")
+    if not trace:
+        return {}
+    kinds = {"steps": len(trace), "prompt_steps": sum(s["tokens"] > s["decode"] for s in trace),
+             "graph_steps": sum(bool(s.get("graph")) for s in trace)}
+    timeline = stats.get("timeline") or []
+    for name, graph in (("graph_step_ms", True), ("other_step_ms", False)):
+        gaps = [b["start"] - a["start"] for a, b in zip(timeline, timeline[1:]) if bool(a["graph"]) == graph]
+        if gaps:
+            kinds[name] = statistics.median(gaps) * 1e3
+    return kinds
 
 
 def goodput(rows: list[dict], slo: dict) -> dict[str, float]:
@@ -496,7 +513,9 @@ def report(argv):
     plots.padding_waste(ch02["extra"], FIGURES / "padding_waste_w1.png",
                         f"ch02 on W1 ({ch02['num_requests']} requests, one batch): wasted slots")
     sweep = load(LATENCY_FILE)
-    plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
+    most = max(r["requests"] for r in sweep["results"])  # a chapter run on fewer saw a burst: no goodput ring
+    plots.latency_vs_rate(sweep["results"], sweep["slo"], {c: rate for c, rate in goodput(sweep["results"], sweep["slo"]).items()
+                                                           if all(r["requests"] == most for r in sweep["results"] if r["chapter"] == c)},
                           FIGURES / "h200_latency.png", f"{sweep['workload']} on one H200: latency under load")
     ch03, ch04 = latest["ch03_continuous"], latest["ch04_paged"]
     plots.kv_memory({"ch03 slots": ch03["extra"]["trace"], "ch04 blocks": ch04["extra"]["trace"]},
@@ -603,11 +622,13 @@ def results_markdown() -> str:
     w1_tokens = latest["ch03_continuous"]["output_tokens"]  # all of W1
     minutes = {c: w1_tokens / latest[c]["tokens_per_s"] / 60 for c in ("ch01_naive", "ch02_padded")}
     commits = ", ".join(sorted({load(f)["environment"]["commit"] for f in (W1_FILE, PEER_FILE)}))
+    beside = " and ".join(name for f, name in ((LATENCY_FILE, "the latency sweep"), (WARM_FILE, "the warm first run"))
+                          if load(f)["environment"]["commit"] == ladder["environment"]["commit"])
     lines = [f"Every W1 row below, the full-W1 peer's too, comes from one commit ({commits}) on one H200: the "
              "chapters one after another in one process, each warmed up untimed on a few short requests, then timed "
              "three times, and the peer after them in its own process. That H200 was one of two in its host: the "
-             "ladder, the peer and W2 ran on it and 16 of the host's 32 cores, while the latency sweep and the warm "
-             "first run ran on the other GPU and the other 16 cores, at the same time (`taskset`; each file's command "
+             "ladder, the peer and W2 ran on it and 16 of the host's 32 cores, while "
+             f"{beside} ran on the other GPU and the other 16 cores, at the same time (`taskset`; each file's command "
              "and commit are listed at the end). Chapters 1 and 2 ran a stated subset of W1: all of it "
              f"would take them about {minutes['ch01_naive']:.0f} and {minutes['ch02_padded']:.0f} minutes at these rates.",
              "", "| chapter | idea | what it runs; its options | H200 output tokens/s on W1 | its runs, slowest-fastest | gain over the "
@@ -643,7 +664,7 @@ def results_markdown() -> str:
               f"same machine: {top['tokens_per_s']:,.0f} against {peer['tokens_per_s']:,.0f} output tokens/s, "
               f"{top['tokens_per_s'] / peer['tokens_per_s']:.1f}x (and {top['tokens_per_s'] / as_installed:.1f}x against "
               f"the {as_installed:,} it ran once earlier as installed, without CUDA graphs: `figures/reference_h200.json`)" +
-              ("; its warm-up failed in this run, so its one timed run was also its first (below)"
+              ("; its warm-up failed, yet its second run in the same process took as long as its first (below)"
                if peer["extra"].get("warm_up_failed") else "") + ".** "
               "The peer ran the same weights and requests (EOS ignored), each configuration below first on W1's "
               f"first {search['results'][0]['num_requests']} requests (commit {search['environment']['commit']}), "
@@ -664,11 +685,14 @@ def results_markdown() -> str:
         lines += ["", f"Its warm-up ran out of GPU memory {full_run}{failed_warmups[PEER_SEARCH_LOG]} times in the runs "
                   f"at commit {search['environment']['commit']}, the search's among them (their notes above predate the "
                   f"bench's mark for it; `figures/{PEER_SEARCH_LOG}`): it sizes its KV cache from the free memory, then "
-                  "its warm-up asks for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs inside the "
-                  "timed run, and its SDPA likely builds cuDNN's plans there too, as chapters 2 and 3 do in their first run "
-                  "above. So the row is likely below what the peer does once warm (chapter 6's compile, by contrast, "
-                  "is untimed)" + (f"; its async run's loop failed: \"{loop_errors[0].rstrip('.')}\"" if loop_errors else "") +
-                  ". NOTES.md has the next run's configuration."]
+                  "its warm-up asks for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs "
+                  "inside its first timed run, and its SDPA may build cuDNN's plans there too, as chapters 2 and 3 do in "
+                  "their first run above. So the full run ran twice in one process: the second, its graphs and plans in "
+                  f"place, took as long as the first ({' and '.join(f'{w:.1f}' for w in peer['extra']['walls_s'])} s), "
+                  "so its row is the peer's speed warm" +
+                  (f" (`PYTORCH_CUDA_ALLOC_CONF={peer['extra']['allocator']}`, against the fragments, did not keep its warm-up within memory)"
+                   if peer["extra"].get("allocator") and peer["extra"].get("warm_up_failed") else "") +
+                  (f"; its async run's loop failed: \"{loop_errors[0].rstrip('.')}\"" if loop_errors else "") + "."]
     for title, runs in (("W1, sync against async, eager model (the decode phase is the fair comparison: NOTES.md)", latest),
                         ("W2 (llama3-8b shape, 32 requests x 8192 new tokens), the seed article's experiment, at "
                          f"commit {load(W2_FILE)['environment']['commit']}",
@@ -698,10 +722,15 @@ def results_markdown() -> str:
               f"process at each rate; SLO: TTFT p90 at most {slo['ttft_p90_s'] * 1e3:,.0f} ms and TPOT p90 at most "
               f"{slo['tpot_p90_s'] * 1e3:,.0f} ms; a chapter stops at its first miss; `{LATENCY_FILE}`, drawn in "
               "[figures/h200_latency.png](figures/h200_latency.png)). Its goodput is the largest rate a chapter "
-              "sustains within the SLO; its knee lies between that rate and its first miss:", "",
+              "sustains within the SLO; its knee lies between that rate and its first miss. The last column is the most "
+              "it can sustain: its tokens/s on W1 (the ladder above) over the tokens a request asks for on average:", "",
               "| chapter | requests | goodput, requests/s | p90 TTFT / TPOT ms there | first miss, requests/s | "
-              "p90 TTFT / TPOT ms there | what missed |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "p90 TTFT / TPOT ms there | what missed | at most, requests/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     first_runs = set() if sweep.get("warm_pass") else {name for name, *_ in slow}  # their plans built in the sweep
+    workload = get_workload(sweep["workload"])
+    mean_tokens = statistics.mean(r.max_new_tokens for r in workload.requests(get_config(sweep["preset"]).vocab_size))
+    counts = sorted({x["requests"] for x in sweep["results"]})
     queued = []
     for chapter, rate in best.items():
         mine = [x for x in sweep["results"] if x["chapter"] == chapter]
@@ -710,17 +739,20 @@ def results_markdown() -> str:
         missed = miss and " and ".join(name for name, key in (("TTFT", "ttft"), ("TPOT", "tpot"))
                                        if miss[key]["p90"] > slo[f"{key}_p90_s"])
         goodput_cell = format(rate, "g") if rate else "under " + format(mine[0]["rate"], "g")
-        lines.append(f"| {chapter} | {mine[0]['requests']} | {goodput_cell}"
+        burst = mine[0]["requests"] < counts[-1]  # a few requests, gone in a second or so: not a load kept up
+        lines.append(f"| {chapter} | {mine[0]['requests']} | {goodput_cell}{', a burst only' if burst else ''}"
                      f"{' (a first run: below)' if chapter in first_runs else ''} | {ms(held) if held else ''} | "
-                     f"{format(miss['rate'], 'g') if miss else 'none tried'} | {ms(miss) if miss else ''} | {missed or ''} |")
+                     f"{format(miss['rate'], 'g') if miss else 'none tried'} | {ms(miss) if miss else ''} | {missed or ''} | "
+                     f"{latest[chapter]['tokens_per_s'] / mean_tokens:,.1f} |")
         if missed == "TTFT" and held:
             queued.append((chapter, miss))
-    workload = get_workload(sweep["workload"])
-    mean_tokens = statistics.mean(r.max_new_tokens for r in workload.requests(get_config(sweep["preset"]).vocab_size))
-    counts = sorted({x["requests"] for x in sweep["results"]})
-    lines += ["", f"The requests column: chapters run the first {', '.join(map(str, counts[:-1]))} or all {counts[-1]} "
-              "of the workload's requests (a static batch, or chapter 3's slower step, takes minutes a point), so "
-              "compare a row's rates with each other, not those rows with the full ones."]
+    few = [(c, n) for c, n in dict((x["chapter"], x["requests"]) for x in sweep["results"]).items() if n < counts[-1]]
+    lines += ["", f"The requests column: {' and '.join(c for c, _ in few)} run the first "
+              f"{' and '.join(str(n) for _, n in few)} of the workload's {counts[-1]} requests (all of them would take "
+              f"a static batch, or chapter 3's slower step, minutes a rate). At {min(x['rate'] for x in sweep['results']):g} "
+              "a second and more those arrive within a few seconds: a burst the chapter works off, not a load it keeps "
+              "up with, so their goodput says only that. What they can sustain is in the last column: "
+              + ", ".join(f"{c} {latest[c]['tokens_per_s'] / mean_tokens:,.1f} requests a second" for c, _ in few) + "."]
     if queued:
         lines += ["", f"Past the knee the queue shows in TTFT, not TPOT. {sweep['workload']}'s requests ask for "
                   f"{mean_tokens:.0f} tokens on average, so at R requests a second about {mean_tokens:.0f}R tokens a "
