@@ -366,10 +366,10 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # memory, more requests run at once: W1's first 64 requests in room for 8 of the longest ran 7.4 at a
 # time in chapter 3's slots and 14.0 in blocks, in half the steps (`python -m tools.bench memory`). Under
 # load that moves the knee wherever requests wait for memory. On the H200 the pool has room for every
-# request the sweep keeps running at once, so there the step decides: with 1,024 requests arriving, chapter 4 keeps TTFT p90 at 51 ms at 8 a
-# second; at 16 they bring about 9,000 tokens a second, more than its 6,000 tokens/s, so the queue grows
-# and TTFT p90 reaches 12 s (`figures/h200_latency.png`). What is left of chapter 4's step is mostly the CPU launching the eager model's kernels
-# one by one, which the next chapter hides.
+# request the sweep keeps running at once, so there the step decides: with 1,024 requests arriving, chapter 4
+# keeps TTFT p90 at 42 ms at 8 a second; at 16 they bring about 8,800 tokens a second, more than the 5,400 it
+# serves, so the queue grows and TTFT p90 reaches 23 s (`figures/h200_latency.png`). What is left of chapter
+# 4's step is mostly the CPU launching the eager model's kernels one by one, which the next chapter hides.
 #
 # Where memory is the limit, the knee moves. The second cell gives both chapters the same KV memory: 4
 # slots, each as long as W1-small's longest request, or as many tokens in 8-token blocks. Requests arrive

@@ -118,8 +118,7 @@ class AsyncBatch(Batch):  # NEW: chapter 3's batch, plus what an overlapped step
 class AsyncEngine(PagedEngine):
     name = "ch05_async"
 
-    def __init__(self, model, use_async: bool = True, cuda_graphs: bool = True, max_graph_batch: int = 256,
-                 **options):
+    def __init__(self, model, use_async: bool = True, cuda_graphs: bool = True, max_graph_batch: int = 256, **options):
         super().__init__(model, **options)
         if self.reference:
             raise ValueError(f"{self.name}: runs the batched attention only; use chapter 4 for attention='reference'")
@@ -396,10 +395,11 @@ if __name__ == "__main__" and "get_ipython" in globals():  # (a notebook; import
 # ## The measurement
 #
 # `python -m tools.bench --device cuda --workload W2 --chapters ch05_async@use_async=false,ch05_async` runs
-# the engine both ways and records when the GPU was busy (CUDA events around each step). The cell below
-# prints the H200's committed runs: asynchronously the gaps close, most where steps are short (W1, about 7
-# ms; W2's 8B model, about 11), and each request waits less between tokens (W1's TPOT p50: 10.3 ms sync,
-# 8.3 async). Then it runs this CPU both ways: the worker computes step N while the main thread prepares
+# the engine both ways, CUDA events around each step. The cell below prints the H200's committed runs: the
+# gaps close, most where steps are short (W1's 7 ms against W2's 11), and each request waits less between
+# tokens (W1's TPOT p50: 10.5 ms sync, 8.3 async). Under load, a step that carries a new prompt's chunk runs
+# eagerly, 20 ms against 6 for a graph step: at 32 requests a second, 16% of the steps take 39% of the time
+# (the README's latency section). On this CPU the worker computes step N while the main thread prepares
 # N+1, yet the wall time barely moves: kernels release Python's lock, launches do not.
 
 # %%

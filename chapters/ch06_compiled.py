@@ -239,6 +239,12 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # the decode steps replay graphs, which launch nothing from Python, and only W1's 18 prefill steps run the
 # compiled function directly. It doubles the compile, so it is off by default. On a CPU there is nothing
 # to gain: the tiny model's steps are dominated by Python, and compiling takes longer than the run.
+#
+# Under load the lead narrows. Requests arrive one at a time, and each one's prompt chunk rides in a step
+# that runs the compiled function without a graph: past their knees (64 requests a second) chapter 6 served
+# 16,600 tokens/s and chapter 5 15,800, against 22,900 and 18,200 with W1 all at once (the README's latency
+# section). Capturing those steps too (the model in pieces around attention, each captured for a set of padded
+# token counts) is the lever this chapter leaves.
 
 # %%
 if __name__ == "__main__" and "get_ipython" in globals():

@@ -10,6 +10,8 @@ if "ipykernel" not in sys.modules:  # a script or a test: draw to files, no wind
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from minigpt.metrics import gpu_busy  # noqa: E402
+
 
 def _save(fig, path):
     """Write the figure to `path`, or with path None show it (in a notebook, inline)."""
@@ -95,10 +97,8 @@ def async_timeline(runs: dict[str, list[dict]], path, title: str, first: int, st
             ax.broken_barh([(s["prepared"] - t0, s["launched"] - s["prepared"])], (2, 0.8), color="#c63")
             ax.broken_barh([(s["launched"] - t0, s["resolved"] - s["launched"])], (1, 0.8), color="#ccc")
             ax.broken_barh([(s["gpu_start"] - t0, s["gpu_end"] - s["gpu_start"])], (0, 0.8), color="#357")
-        span = window[-1]["gpu_end"] - window[0]["gpu_start"]
-        busy = sum(s["gpu_end"] - s["gpu_start"] for s in window)
         ax.set_yticks([0.4, 1.4, 2.4], [device, "CPU waits", "CPU works"], fontsize=8)
-        ax.set_title(f"{name}: {device} busy {busy / span:.0%} of these {steps} steps", fontsize=9, loc="left")
+        ax.set_title(f"{name}: {device} busy {gpu_busy(window):.0%} of these {steps} steps", fontsize=9, loc="left")
     axes[-1].set_xlabel(f"seconds (schedule+prepare: sand, launch: red, waiting for tokens: grey, {device} step: blue)",
                         fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -121,7 +121,7 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
     largest rate within the SLO (its goodput) marked with a ring."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     chapters = list(dict.fromkeys(r["chapter"] for r in rows))
-    counts = {r["chapter"]: r["requests"] for r in rows}
+    counts = {r["chapter"]: r.get("requests", 0) for r in rows}  # a chapter run on fewer requests says so
     names = {c: c if n == max(counts.values()) else f"{c}: its first {n} requests" for c, n in counts.items()}
     for ax, key, limit, label in ((axes[0], "ttft", slo["ttft_p90_s"], "TTFT p90 (s)"),
                                   (axes[1], "tpot", slo["tpot_p90_s"], "TPOT p90 (ms)")):

@@ -80,6 +80,8 @@ def test_readme_results_are_generated_from_the_committed_json():
 
     readme = (ROOT / "README.md").read_text()
     assert bench.readme_results(readme) == bench.results_markdown(), "run `python -m tools.bench report`"
+    workshop = (ROOT / "WORKSHOP.md").read_text()
+    assert bench.readme_results(workshop, bench.TALK_MARKERS) == bench.talk_markdown(), "run `python -m tools.bench report`"
 
 
 @pytest.mark.slow  # the peer sizes its cache from free memory: a minute and most of the RAM on a CPU

@@ -26,7 +26,7 @@ import torch
 from minigpt import from_config, get_config, get_workload, results_table, save_results
 from minigpt.cli import (CHAPTERS, add_common_arguments, check_arguments, default_dtype, measure, positive_int,
                          set_threads, warm_up_stages)
-from minigpt.metrics import FIGURES, console, decode_phase, environment
+from minigpt.metrics import FIGURES, console, decode_phase, environment, gpu_busy
 
 
 def parse_options(items: list[str]) -> dict:
@@ -464,6 +464,8 @@ def bench_profile(argv):
 # ----- the report: figures and the README's tables, from the committed JSON ----------------------------------
 W1_FILE = "h200_w1.json"  # the ladder: every chapter on W1 in one process, chapters 1-2 on stated subsets
 W2_FILE = "h200_w2.json"  # W2 in full: the seed article's experiment
+STEP_SPLIT_FILE = "lab/h200_latency_steps_ch05_03f4a64.json"  # chapter 5 under load, its steps counted by kind
+CH04_ALONE_FILE = "lab/h200_w1_ch04_repeat5_68485ad.json"  # chapter 4 timed five times in a process of its own
 TP_FILE = "h200_tp.json"  # chapter 7 on one H200 and on two
 # transformers' continuous batching: its configurations tried on W1's first 32 requests, then the fastest on
 # full W1 at the ladder's commit; its own logs beside them (the warnings it printed)
@@ -760,6 +762,23 @@ def results_markdown() -> str:
                                                f"{m['tokens_per_s']:,.0f} it served" for c, m in queued) +
             ". Requests wait longer for their first token for as long as they keep coming, while the running "
             "batch's steps stay as fast."]
+    split = load(STEP_SPLIT_FILE)
+    share = lambda r: (r["prompt_steps"] / r["steps"], r["prompt_steps"] * r["other_step_ms"] /  # noqa: E731
+                       (r["prompt_steps"] * r["other_step_ms"] + r["graph_steps"] * r["graph_step_ms"]))
+    low, high = split["results"][0], split["results"][-1]
+    served = {c: m["tokens_per_s"] for c, m in queued}
+    lines += ["", "Chapters 5 and 6 keep up with fewer requests than their last column says: past their knee they "
+              f"served {served['ch05_async']:,.0f} and {served['ch06_compiled']:,.0f} tokens/s, against "
+              f"{latest['ch05_async']['tokens_per_s']:,.0f} and {latest['ch06_compiled']['tokens_per_s']:,.0f} with "
+              "all of W1 at once. Under load most new prompts come one at a time, and a step that carries a prompt's "
+              "chunk runs the model eagerly, without a graph. Chapter 5 on the first "
+              f"{high['requests']} requests in a later run, its steps counted (`figures/{STEP_SPLIT_FILE}`, commit "
+              f"{split['environment']['commit']}): at {high['rate']:g} a "
+              f"second, {high['prompt_steps']:,} of its {high['steps']:,} steps carried a prompt, a median "
+              f"{high['other_step_ms']:.1f} ms each from one step's start to the next, against "
+              f"{high['graph_step_ms']:.1f} ms for a graph step: {share(high)[0]:.0%} of the steps, "
+              f"{share(high)[1]:.0%} of the time; at {low['rate']:g} a second, {share(low)[0]:.0%} and "
+              f"{share(low)[1]:.0%}."]
     if first_runs:
         tpots = re.findall(r"TPOT p90 ([\d.]+) ms", (FIGURES / SECOND_PASS_LOG).read_text())
         lines += ["", f"This sweep warmed each chapter on a few short requests only, so {' and '.join(sorted(first_runs))}, "
@@ -823,7 +842,8 @@ def results_markdown() -> str:
               "; model: seeded random weights (`from_config`, seed 0) in bf16; W1: seed 0, EOS ignored.", "",
               "Every number above comes from these commands, each at the commit named, the H200's run with "
               "`--out $OUT/...` and the file saved under `figures/` as named:", ""]
-    seen = [(f, load(f)["command"]) for f in [W1_FILE, PEER_SEARCH, PEER_FILE, W2_FILE, WARM_FILE, LATENCY_FILE, TP_FILE]]
+    seen = [(f, load(f)["command"]) for f in [W1_FILE, PEER_SEARCH, PEER_FILE, W2_FILE, WARM_FILE, LATENCY_FILE,
+                                              STEP_SPLIT_FILE, CH04_ALONE_FILE, TP_FILE]]
     seen += [("cpu_w1small.json", cpu["command"])]
     seen += [(f"cpu_chapters/run{i}.json", run["command"]) for i, run in enumerate(runs, 1)]
     seen += seen_cpu
@@ -848,19 +868,85 @@ def before_warm_pass(file: str) -> str:
 
 
 README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+TALK_MARKERS = ("<!-- talk:start -->", "<!-- talk:end -->")  # WORKSHOP.md's talk, its H200 numbers
 
 
-def readme_results(text: str) -> str:
-    """The generated section of the README as it stands."""
-    return text.split(README_MARKERS[0])[1].split(README_MARKERS[1])[0].strip("\n")
+def readme_results(text: str, markers: tuple[str, str] = README_MARKERS) -> str:
+    """The generated section of the README (or of the workshop plan, with its markers) as it stands."""
+    return text.split(markers[0])[1].split(markers[1])[0].strip("\n")
 
 
 def write_readme_results():
-    readme = FIGURES.parent / "README.md"
-    text = readme.read_text()
-    head, rest = text.split(README_MARKERS[0])
-    _, tail = rest.split(README_MARKERS[1])
-    readme.write_text(head + README_MARKERS[0] + "\n" + results_markdown() + "\n" + README_MARKERS[1] + tail)
+    for name, markers, markdown in (("README.md", README_MARKERS, results_markdown),
+                                    ("WORKSHOP.md", TALK_MARKERS, talk_markdown)):
+        path = FIGURES.parent / name
+        head, rest = path.read_text().split(markers[0])
+        _, tail = rest.split(markers[1])
+        path.write_text(head + markers[0] + "\n" + markdown() + "\n" + markers[1] + tail)
+
+
+def talk_markdown() -> str:
+    """The opening talk's two H200 points in WORKSHOP.md, their numbers from the same files as the README's."""
+    import textwrap
+
+    latest, peer = w1_results(), load(PEER_FILE)["results"][0]
+    ladder = [latest[label] for label, *_ in CHAPTER_ROWS]
+    speed = [f"**{r['tokens_per_s']:,.0f}**" for r in ladder]
+    gain = [""] + [f"{b['tokens_per_s'] / a['tokens_per_s']:.1f}x" for a, b in zip(ladder, ladder[1:])]
+    minutes = [latest["ch03_continuous"]["output_tokens"] / r["tokens_per_s"] / 60 for r in ladder[:2]]
+    ch03 = latest["ch03_continuous"]["extra"]["walls_s"]
+    ch04_alone = load(CH04_ALONE_FILE)["results"][0]
+    as_installed = load("reference_h200.json")["transformers_continuous_batching_sync_tokens_per_s"]
+    tp = {r["chapter"]: r["tokens_per_s"] for r in load(TP_FILE)["results"]}
+    sweep = load(LATENCY_FILE)
+    best = goodput(sweep["results"], sweep["slo"])
+    sync, run_async = latest["ch05_async@use_async=false"], latest["ch05_async"]
+    w2 = {r["chapter"]: r for r in load(W2_FILE)["results"]}
+    w2_sync, w2_async = w2["ch05_async@use_async=false"], w2["ch05_async"]
+    window = [gpu_busy(r["extra"]["timeline"][500:520]) for r in (sync, run_async)]  # the figure's 20 steps
+
+    def span(values, between="-", form="{:.0f}"):  # "30" where they round alike, else "29-32"
+        low, high = form.format(min(values)), form.format(max(values))
+        return low if low == high else low + between + high
+
+    ladder_point = (
+        "3. **4-7 min: show `figures/ladder_w1.png`.** W1 is 256 requests with prompts and outputs of 100 to 1024 "
+        "tokens on the Qwen3-0.6B shape; one H200; output tokens/s, the median of three runs. Chapter 1, one request "
+        f"at a time, {speed[0]}; chapter 2, one static batch of W1's first {ladder[1]['num_requests']} requests, "
+        f"{speed[1]} ({gain[1]}); chapter 3, continuous batching, {speed[2]} ({gain[2]}); chapter 4, the paged KV "
+        f"cache, {speed[3]} ({gain[3]}: the H200 holds all of W1 in either cache, so both run the same batches and "
+        f"chapter 4 gains by its faster step; its runs gave {run_spread(ladder[3])} tokens/s, and five more in a "
+        f"process of their own {run_spread(ch04_alone)}, in no order, so not a first-use cost: its eager step "
+        f"waits on the CPU, and the host's CPU speed moves, NOTES.md); chapter 5's engine run synchronously, {speed[4]} ({gain[4]}: the same eager "
+        f"model, its decode steps replayed as CUDA graphs), and asynchronously, {speed[5]} ({gain[5]}: the "
+        f"overlap); chapter 6, the model compiled, {speed[6]} ({gain[6]}). Chapters 1 and 2 ran 1 and "
+        f"{ladder[1]['num_requests']} of the 256 requests (all of W1 would take them about {minutes[0]:.0f} and "
+        f"{minutes[1]:.0f} minutes). Tell the first-run story: chapter 3's first run took {ch03[0]:.0f} s, its "
+        f"next two {span(ch03[1:])} s, because SDPA hands its attention to cuDNN on the "
+        "H200, which builds a plan the first time it meets each key length. The grey dashed line is transformers' "
+        "own continuous batching at its fastest configuration tried, on all of W1 at the same commit: "
+        f"**{peer['tokens_per_s']:,.0f}** ({as_installed:,} measured once as installed), so chapter 6 runs W1 about "
+        f"{ladder[6]['tokens_per_s'] / peer['tokens_per_s']:.0f} times as fast. Its warm-up failed for lack of "
+        "memory, yet its second run in the same process took as long as its first: that is its speed warm (the "
+        "README's peer table). The red line is the bound set by reading the KV cache at the H200's copy bandwidth. "
+        f"Chapter 7 splits the model over two H200s: W1 goes from **{tp['W1, 1 GPU']:,.0f}** to "
+        f"**{tp['W1, 2 GPUs']:,.0f}** tokens/s ({tp['W1, 2 GPUs'] / tp['W1, 1 GPU']:.2f}x), and the KV pool "
+        "doubles. Chapter 7 ran the eager model (chapter 5's engine) on each GPU, not chapter 6's compiled one: "
+        "compare it with chapter 5, not 6. Then `figures/h200_latency.png`, the requests arriving over time: "
+        "within the SLO (TTFT p90 under 1 s, TPOT p90 under 50 ms) chapter 4 keeps up with "
+        f"{best['ch04_paged']:g} requests a second, chapters 5 and 6 with "
+        f"{span([best['ch05_async'], best['ch06_compiled']], ' and ', '{:g}')}; past that the queue grows, and the wait for a first token with it.")
+    timeline_point = (
+        "4. **7-9 min: show `figures/async_timeline_w1.png`.** The same engine, sync above async. In the synchronous "
+        "loop the GPU waits while the CPU reads the tokens back and prepares the next step. Over the whole W1 run "
+        f"the GPU is busy **{sync['extra']['gpu_busy']:.1%}** of the time synchronously and "
+        f"**{run_async['extra']['gpu_busy']:.1%}** asynchronously ({sync['wall_s']:.2f} s against "
+        f"{run_async['wall_s']:.2f} s); the figure's 20 steps say {window[0]:.0%} and {window[1]:.0%}. On W2, the "
+        "Llama-3.1-8B shape with 32 requests of 8192 new tokens, steps are longer and the gain smaller: "
+        f"**{w2_sync['extra']['gpu_busy']:.1%}** against **{w2_async['extra']['gpu_busy']:.1%}** busy, "
+        f"**{w2_sync['tokens_per_s']:,.0f}** against **{w2_async['tokens_per_s']:,.0f}** tokens/s.")
+    return "\n".join(textwrap.fill(point, width=108, subsequent_indent="   ", break_on_hyphens=False,
+                                    break_long_words=False) for point in (ladder_point, timeline_point))
 
 
 def main(argv=None):
