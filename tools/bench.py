@@ -708,9 +708,12 @@ def results_markdown() -> str:
             lines.append(f"| {name} | {r['wall_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['extra']['gpu_busy']:.1%} "
                          f"| {span:.2f} | {busy:.1%} |")
     warm = {r["chapter"]: r for r in load(WARM_FILE)["results"]}  # a later process, the caches on disk
+    warm_commit = load(WARM_FILE)["environment"]["commit"]
+    warm_commit = "" if warm_commit == ladder["environment"]["commit"] else f", commit {warm_commit}"
     lines += ["", "A first run on the H200 (the warm-up a chapter pays once, untimed): cold is the ladder's process, "
-              "the first after emptying inductor's and Triton's caches, warm a later process with them on disk "
-              f"(`{WARM_FILE}`). Chapter 5 reuses chapter 4's kernels in the cold process; a stage the warm-up "
+              "the first after emptying inductor's and Triton's caches, warm a process started with them on disk, "
+              "filled by an earlier one "
+              f"(`{WARM_FILE}`{warm_commit}). Chapter 5 reuses chapter 4's kernels in the cold process; a stage the warm-up "
               "meets twice (each of its two engines captures graphs) is summed.",
               "", "| chapter | stage | cold s | warm s |", "| --- | --- | ---: | ---: |"]
     for chapter in ("ch04_paged", "ch05_async", "ch06_compiled"):
