@@ -398,7 +398,7 @@ if __name__ == "__main__" and "get_ipython" in globals():  # (a notebook; import
 # the engine both ways, CUDA events around each step. The cell below prints the H200's committed runs: the
 # gaps close, most where steps are short (W1's 7 ms against W2's 11), and each request waits less between
 # tokens (W1's TPOT p50: 10.5 ms sync, 8.3 async). Under load, a step that carries a new prompt's chunk runs
-# eagerly, 20 ms against 6 for a graph step: at 32 requests a second, 16% of the steps take 39% of the time
+# eagerly, 20 ms against 6 for a graph step: at 32 requests a second, 16% of the steps take about 39% of the time
 # (the README's latency section). On this CPU the worker computes step N while the main thread prepares
 # N+1, yet the wall time barely moves: kernels release Python's lock, launches do not.
 

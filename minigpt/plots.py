@@ -122,14 +122,15 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     chapters = list(dict.fromkeys(r["chapter"] for r in rows))
     counts = {r["chapter"]: r.get("requests", 0) for r in rows}  # a chapter run on fewer requests says so
-    names = {c: c if n == max(counts.values()) else f"{c}: its first {n} requests" for c, n in counts.items()}
+    names = {c: c if n == max(counts.values()) else f"{c}: its first {n} requests, a burst" for c, n in counts.items()}
     for ax, key, limit, label in ((axes[0], "ttft", slo["ttft_p90_s"], "TTFT p90 (s)"),
                                   (axes[1], "tpot", slo["tpot_p90_s"], "TPOT p90 (ms)")):
         scale = 1e3 if key == "tpot" else 1
         for chapter in chapters:
             mine = [r for r in rows if r["chapter"] == chapter]
+            burst = counts[chapter] < max(counts.values())  # a few requests, worked off: not a load, so dashed
             line, = ax.plot([r["rate"] for r in mine], [r[key]["p90"] * scale for r in mine], marker="o", ms=3,
-                            label=names[chapter])
+                            label=names[chapter], ls="--" if burst else "-", lw=0.8 if burst else 1.5)
             knee = [r for r in mine if r["rate"] == goodput.get(chapter)]
             if knee:
                 ax.plot(knee[0]["rate"], knee[0][key]["p90"] * scale, "o", ms=10, mfc="none", color=line.get_color())

@@ -147,4 +147,15 @@ def test_the_peer_runs_as_often_as_asked_and_reports_its_median_run():
     requests = [Request([5, 6, 7], max_new_tokens=3, ignore_eos=True), Request([8, 9], max_new_tokens=2, ignore_eos=True)]
     row = transformers_cb(model, requests, "mine", "cpu", "transformers_cb", repeat=2)
     assert len(row.extra["walls_s"]) == 2 and row.wall_s in row.extra["walls_s"]
-    assert "median of 2 runs" in row.note and row.output_tokens == 5
+    assert "the faster of 2 runs" in row.note and row.output_tokens == 5
+
+
+def test_the_peer_note_says_which_run_it_reports_and_what_its_warm_ups_did():
+    from tools.bench import peer_run_note
+
+    assert peer_run_note([10.0], 0, None) == ""
+    assert peer_run_note([10.0], 1, None) == "; its warm-up failed, so its timed run includes its graph captures"
+    two = peer_run_note([175.5, 176.6], 2, "expandable_segments:True")
+    assert "failed in 2 of 2 runs" in two and "the faster of 2 runs (175.5, 176.6 s)" in two
+    assert two.endswith("; PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    assert "the median of 3 runs" in peer_run_note([3.0, 1.0, 2.0], 0, None)
