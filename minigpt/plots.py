@@ -128,9 +128,9 @@ def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str
         scale = 1e3 if key == "tpot" else 1
         for chapter in chapters:
             mine = [r for r in rows if r["chapter"] == chapter]
-            burst = counts[chapter] < max(counts.values())  # a few requests, worked off: not a load, so dashed
+            burst = counts[chapter] < max(counts.values())  # a few requests, worked off: not a load, so dotted
             line, = ax.plot([r["rate"] for r in mine], [r[key]["p90"] * scale for r in mine], marker="o", ms=3,
-                            label=names[chapter], ls="--" if burst else "-", lw=0.8 if burst else 1.5)
+                            label=names[chapter], ls=":" if burst else "-", lw=1 if burst else 1.5)
             knee = [r for r in mine if r["rate"] == goodput.get(chapter)]
             if knee:
                 ax.plot(knee[0]["rate"], knee[0][key]["p90"] * scale, "o", ms=10, mfc="none", color=line.get_color())

@@ -221,6 +221,18 @@ def transformers_cb(model, requests, workload: str, device: str, label: str, rep
                             "config": {**options, "use_cuda_graph": str(graphs)}, "allocator": allocator})
 
 
+def failed_warm_up_runs(log: str) -> list[str]:
+    """The peer's configurations whose warm-up failed, in the order of a bench log: each failure is logged
+    before the row of the run it belongs to."""
+    failed, pending = [], False
+    for line in log.splitlines():
+        pending = pending or "Failed to warm up" in line
+        if pending and line.startswith("│ transformers_cb"):
+            failed.append(line.split("│")[1].strip())
+            pending = False
+    return failed
+
+
 def peer_run_note(walls: list[float], failures: int, allocator: str | None) -> str:
     """What the peer's row says about its runs: failed warm-ups, which run is reported, the allocator."""
     note = ""
@@ -367,7 +379,9 @@ def bench_latency(argv):
                          **latency_summary(completions), **step_kinds(completions.stats)})
             r = rows[-1]
             console.print(f"{chapter} at {rate:g} req/s: TTFT p90 {r['ttft']['p90'] * 1e3:,.0f} ms, TPOT p90 "
-                          f"{r['tpot']['p90'] * 1e3:,.1f} ms, {r['tokens_per_s']:,.0f} tokens/s", highlight=False)
+                          f"{r['tpot']['p90'] * 1e3:,.1f} ms, {r['tokens_per_s']:,.0f} tokens/s" +
+                          (f"; {r['prompt_steps']:,} of {r['steps']:,} steps carried a prompt" if "steps" in r else ""),
+                          highlight=False)
             if not args.every_rate and not goodput([r], slo)[chapter]:
                 console.print(f"{chapter}: misses the SLO at {rate:g} req/s; higher rates only queue longer, not run",
                               highlight=False)
@@ -698,9 +712,13 @@ def results_markdown() -> str:
     if sum(failed_warmups.values()) or loop_errors:
         n = failed_warmups[PEER_LOG]
         full_run = f"in {'both' if n == 2 else n} runs on full W1 (`figures/{PEER_LOG}`), and " if n else ""
+        searched = [c.removeprefix("transformers_cb@") for c in failed_warm_up_runs(logs[PEER_SEARCH_LOG])
+                     if c in {r["chapter"] for r in search["results"]}]
         lines += ["", f"Its warm-up ran out of GPU memory {full_run}{failed_warmups[PEER_SEARCH_LOG]} times in the runs "
-                  f"at commit {search['environment']['commit']}, the search's among them (their notes above predate the "
-                  f"bench's mark for it; `figures/{PEER_SEARCH_LOG}`): it sizes its KV cache from the free memory, then "
+                  f"at commit {search['environment']['commit']}, among them the search's "
+                  f"{' and '.join(f'`{c}`' for c in searched)} (their notes above predate the bench's mark for it; "
+                  f"`figures/{PEER_SEARCH_LOG}`), so the fastest configuration was chosen among runs whose graph captures "
+                  "were timed. It sizes its KV cache from the free memory, then "
                   "its warm-up asks for more, `max_memory_percent=0.8` notwithstanding. Such a run captures its CUDA graphs "
                   "inside its timed run, and its SDPA may build cuDNN's plans there too, as chapters 2 and 3 do in their "
                   "first run above. Each run opens a new manager with its own warm-up, and in the full run's process both "
@@ -746,10 +764,11 @@ def results_markdown() -> str:
     lines += ["", f"Latency under load on the H200 ({sweep['workload']}, each chapter's requests arriving as a Poisson "
               f"process at each rate; SLO: TTFT p90 at most {slo['ttft_p90_s'] * 1e3:,.0f} ms and TPOT p90 at most "
               f"{slo['tpot_p90_s'] * 1e3:,.0f} ms; a chapter stops at its first miss; `{LATENCY_FILE}`, drawn in "
-              "[figures/h200_latency.png](figures/h200_latency.png)). Its goodput is the largest rate a chapter "
-              "sustains within the SLO; its knee lies between that rate and its first miss. The last column bounds what "
-              "it can sustain: its tokens/s on all of W1 at once (the ladder above) over the new tokens a request asks "
-              f"for on average ({mean_tokens:.0f}):", "",
+              "[figures/h200_latency.png](figures/h200_latency.png)). Its goodput is the largest rate tried whose "
+              f"{max(counts.values()):,} requests met the SLO; the knee, where requests start to queue, lies near it or "
+              "between it and the first miss. The last column bounds what a chapter can sustain: its tokens/s on all "
+              f"of W1 at once (the ladder above) over the new tokens a {sweep['workload']} request asks for on average "
+              f"({mean_tokens:.0f}):", "",
               "| chapter | requests | goodput, requests/s | p90 TTFT / TPOT ms there | first miss, requests/s | "
               "p90 TTFT / TPOT ms there | what missed | bound from the ladder, requests/s |",
               "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
@@ -776,7 +795,7 @@ def results_markdown() -> str:
               f"slower step, minutes a rate). At {min(x['rate'] for x in sweep['results']):g} a second and more those "
               f"arrive within {max(counts[c] for c in few) / min(x['rate'] for x in sweep['results']):.0f} s: a burst "
               "the chapter works off, not a load it keeps up with, so the table gives them no goodput (the figure draws "
-              "them dashed). Chapter 3's bound is "
+              "them dotted). Chapter 3's bound is "
               f"{bound['ch03_continuous']:.1f} requests a second; chapter 2's ladder ran one batch of "
               f"{latest['ch02_padded']['num_requests']}, no bound for a load, and on the sweep's {counts['ch02_padded']} "
               f"it served {min(ch02):,.0f}-{max(ch02):,.0f} tokens/s, {max(ch02) / mean_tokens:.1f} requests a second's worth."]
@@ -799,9 +818,10 @@ def results_markdown() -> str:
               f"(ramp-up and drain included), under their bounds of {bound['ch05_async']:.1f} and "
               f"{bound['ch06_compiled']:.1f}. At {h5['rate']:g} their p90s held, with TTFT p99 at "
               f"{h5['ttft']['p99']:.1f} and {h6['ttft']['p99']:.1f} s, because the {counts['ch05_async']:,} requests stop "
-              f"arriving after {counts['ch05_async'] / h5['rate']:.0f} s; where arrivals bunch decides which p90 comes "
-              f"out higher there (chapter 6's {h6['ttft']['p90'] * 1e3:,.0f} ms against chapter 5's "
-              f"{h5['ttft']['p90'] * 1e3:,.0f}): one run, not a difference between them.", "",
+              f"arriving after {counts['ch05_async'] / h5['rate']:.0f} s. Both met the same seeded arrivals; chapter 6's "
+              f"higher TTFT p90 there ({h6['ttft']['p90'] * 1e3:,.0f} ms against chapter 5's "
+              f"{h5['ttft']['p90'] * 1e3:,.0f}) is one run of each at its limit, and not explained: its steps were not "
+              "counted.", "",
               "Why below the bound: under load most new prompts come one at a time, and a step that carries a prompt's "
               "chunk is not a decode-only step, so it runs the model without a graph. Chapter 5 in a later run "
               f"(`figures/{STEP_SPLIT_FILE}`, commit {split['environment']['commit']}; the first {high['requests']} "
@@ -810,8 +830,7 @@ def results_markdown() -> str:
               f"{high['other_step_ms']:.1f} ms each from one step's start to the next, against "
               f"{high['graph_step_ms']:.1f} ms for a graph step: {share(high)[0]:.0%} of the steps and about "
               f"{share(high)[1]:.0%} of the time (count times median); at {low['rate']:g} a second, "
-              f"{share(low)[0]:.0%} and {share(low)[1]:.0%}. Chapter 6's steps were not counted; it runs the same "
-              "two kinds."]
+              f"{share(low)[0]:.0%} and {share(low)[1]:.0%}. Chapter 6 runs the same two kinds of step."]
     tp = load(TP_FILE)
     lines += ["", "Two H200s of one host, tensor parallelism (chapter 7, its model eager, decode as CUDA graphs with the "
               f"all-reduces inside; commit {tp['environment']['commit']}):", "",
@@ -920,9 +939,7 @@ def talk_markdown() -> str:
     speed = [f"**{r['tokens_per_s']:,.0f}**" for r in ladder]
     gain = [""] + [f"{b['tokens_per_s'] / a['tokens_per_s']:.1f}x" for a, b in zip(ladder, ladder[1:])]
     minutes = [latest["ch03_continuous"]["output_tokens"] / r["tokens_per_s"] / 60 for r in ladder[:2]]
-    ch03 = latest["ch03_continuous"]["extra"]["walls_s"]
-    as_installed = load("reference_h200.json")["transformers_continuous_batching_sync_tokens_per_s"]
-    tp = {r["chapter"]: r["tokens_per_s"] for r in load(TP_FILE)["results"]}
+    steps = load(STEP_SPLIT_FILE)["results"][-1]  # chapter 5's steps by kind, at its highest rate
     sweep = load(LATENCY_FILE)
     best = goodput(sweep["results"], sweep["slo"])
     sync, run_async = latest["ch05_async@use_async=false"], latest["ch05_async"]
@@ -943,14 +960,11 @@ def talk_markdown() -> str:
         f"step); chapter 5's engine run synchronously, {speed[4]} ({gain[4]}: its decode steps replayed as CUDA "
         f"graphs), and asynchronously, {speed[5]} ({gain[5]}: the overlap); chapter 6, the model compiled, "
         f"{speed[6]} ({gain[6]}). Chapters 1 and 2 ran 1 and {ladder[1]['num_requests']} of the requests: all of W1 "
-        f"would take them about {minutes[0]:.0f} and {minutes[1]:.0f} minutes. Chapter 3's first run took "
-        f"{ch03[0]:.0f} s, its next two {span(ch03[1:])} s: on the H200 its attention goes to cuDNN, which builds a "
-        "plan the first time it meets each key length. The grey dashed line is transformers' own continuous "
-        f"batching at its fastest configuration tried, **{peer['tokens_per_s']:,.0f}**: chapter 6 runs W1 about "
-        f"{ladder[6]['tokens_per_s'] / peer['tokens_per_s']:.0f} times as fast. The red line is the bound set by "
-        "reading the KV cache at the H200's copy bandwidth. Chapter 7 splits the model over two H200s: W1 goes from "
-        f"**{tp['W1, 1 GPU']:,.0f}** to **{tp['W1, 2 GPUs']:,.0f}** tokens/s "
-        f"({tp['W1, 2 GPUs'] / tp['W1, 1 GPU']:.2f}x), with chapter 5's eager engine on each GPU.")
+        f"would take them about {minutes[0]:.0f} and {minutes[1]:.0f} minutes. "
+        "The grey dashed line is transformers' own continuous batching at its fastest configuration tried, "
+        f"**{peer['tokens_per_s']:,.0f}**: chapter 6 runs W1 about {ladder[6]['tokens_per_s'] / peer['tokens_per_s']:.0f} "
+        "times as fast (its warm-up failed for lack of memory, so its runs include its graph captures: the README "
+        "says more). The red line is the bound set by reading the KV cache at the H200's copy bandwidth.")
     held = {c: next(r for r in sweep["results"] if r["chapter"] == c and r["rate"] == best[c])
             for c in ("ch05_async", "ch06_compiled")}
     latency_point = (
@@ -960,10 +974,13 @@ def talk_markdown() -> str:
         "the value 90% of requests stay under. The service-level objective (SLO) here: TTFT p90 under "
         f"{sweep['slo']['ttft_p90_s']:g} s, TPOT p90 under {sweep['slo']['tpot_p90_s'] * 1e3:g} ms. Chapter 4 keeps "
         f"within it up to {best['ch04_paged']:g} requests a second, chapters 5 and 6 up to "
-        f"{span([best['ch05_async'], best['ch06_compiled']], ' and ', '{:g}')}, at their limit there (TTFT p99 "
-        f"{held['ch05_async']['ttft']['p99']:.1f} and {held['ch06_compiled']['ttft']['p99']:.1f} s). Past that the "
-        "queue grows, and the wait for a first token with it, while the time between tokens barely moves. Chapters "
-        "2 and 3 (dashed) ran a burst of a few requests, not a load.")
+        f"{span([best['ch05_async'], best['ch06_compiled']], ' and ', '{:g}')}, at their limit there: the slowest "
+        f"requests already waited {held['ch05_async']['ttft']['p99']:.1f} and "
+        f"{held['ch06_compiled']['ttft']['p99']:.1f} s. Past that the queue grows, and the wait for a first token "
+        "with it. Their time between tokens grows with the rate too: more requests share each step, and a step that "
+        f"carries a new prompt runs without a graph, about {steps['other_step_ms']:.0f} ms against "
+        f"{steps['graph_step_ms']:.0f}. Chapters 2 and 3 (dotted) ran a burst "
+        "of a few requests, not a load.")
     timeline_point = (
         "5. **7.5-9 min: show `figures/async_timeline_w1.png`.** The same engine, sync above async. In the synchronous "
         "loop the GPU waits while the CPU reads the tokens back and prepares the next step. Over the whole W1 run "
