@@ -27,6 +27,9 @@ def test_compiled_layers_give_the_same_tokens_and_never_recompile_mid_run(model)
         assert isinstance(engine.model, ch06_compiled.CompiledModel)
         assert [c.tokens for c in engine.generate(requests)] == expected
     assert counters["stats"]["unique_graphs"] == 2, "one code for 1 token, one for any number"
+    arriving = minigpt.get_workload("W1-small").requests(model.config.vocab_size, 8, rate=200.0)  # under load:
+    ch06_compiled.generate(model, arriving, compile="aot_eager")  # steps of shapes the runs above never met
+    assert counters["stats"]["unique_graphs"] == 2, "requests arriving over time compile nothing new"
 
 
 def test_a_cpp_wrapper_that_does_not_build_falls_back_to_the_python_wrapper(model, monkeypatch):
