@@ -420,7 +420,7 @@ if __name__ == "__main__" and "get_ipython" in globals():
 # `python -m chapters.ch03_continuous --compare` runs chapters 1-3 on the same requests (the cell below
 # prints chapter 3's committed H200 run). Look at the KV memory line: a slot is as long as the longest request
 # may grow, and a request fills it only at its last step: most of the reserved memory holds nothing.
-# On the H200 the first timed run took 72 s (after a warm-up on a few short requests), the next two 30:
+# On the H200 the first timed run took 72 s (after a warm-up on a few short requests), the next two 30 s each:
 # there PyTorch's SDPA gives this decode attention to cuDNN, NVIDIA's library, which builds a plan the first
 # time it meets each key length (76 ms, then 0.15 ms a call). The table's median is a later run.
 #
