@@ -118,20 +118,21 @@ def running_requests(runs: dict[str, list[int]], path, title: str):
 
 def latency_vs_rate(rows: list[dict], slo: dict, goodput: dict, path, title: str):
     """p90 TTFT and p90 TPOT against the request rate, a line per chapter, the SLO dashed; each chapter's
-    largest rate within the SLO (its goodput) marked with a ring."""
+    largest rate within the SLO (its goodput) marked with a ring. A chapter run on fewer requests than the others
+    saw a burst, not a load: dotted, and no ring."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     chapters = list(dict.fromkeys(r["chapter"] for r in rows))
-    counts = {r["chapter"]: r.get("requests", 0) for r in rows}  # a chapter run on fewer requests says so
-    names = {c: c if n == max(counts.values()) else f"{c}: its first {n} requests, a burst" for c, n in counts.items()}
+    counts = {r["chapter"]: r.get("requests", 0) for r in rows}
+    bursts = {c: f"{c}: its first {n} requests, a burst" for c, n in counts.items() if n < max(counts.values())}
     for ax, key, limit, label in ((axes[0], "ttft", slo["ttft_p90_s"], "TTFT p90 (s)"),
                                   (axes[1], "tpot", slo["tpot_p90_s"], "TPOT p90 (ms)")):
         scale = 1e3 if key == "tpot" else 1
         for chapter in chapters:
             mine = [r for r in rows if r["chapter"] == chapter]
-            burst = counts[chapter] < max(counts.values())  # a few requests, worked off: not a load, so dotted
+            burst = chapter in bursts
             line, = ax.plot([r["rate"] for r in mine], [r[key]["p90"] * scale for r in mine], marker="o", ms=3,
-                            label=names[chapter], ls=":" if burst else "-", lw=1 if burst else 1.5)
-            knee = [r for r in mine if r["rate"] == goodput.get(chapter)]
+                            label=bursts.get(chapter, chapter), ls=":" if burst else "-", lw=1 if burst else 1.5)
+            knee = [r for r in mine if r["rate"] == goodput.get(chapter) and not burst]
             if knee:
                 ax.plot(knee[0]["rate"], knee[0][key]["p90"] * scale, "o", ms=10, mfc="none", color=line.get_color())
         ax.axhline(limit * scale, ls="--", color="grey", lw=1)

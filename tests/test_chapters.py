@@ -79,9 +79,9 @@ def test_readme_results_are_generated_from_the_committed_json():
     from tools import bench
 
     readme = (ROOT / "README.md").read_text()
-    assert bench.readme_results(readme) == bench.results_markdown(), "run `python -m tools.bench report`"
+    assert bench.generated_section(readme) == bench.results_markdown(), "run `python -m tools.bench report`"
     workshop = (ROOT / "WORKSHOP.md").read_text()
-    assert bench.readme_results(workshop, bench.TALK_MARKERS) == bench.talk_markdown(), "run `python -m tools.bench report`"
+    assert bench.generated_section(workshop, bench.TALK_MARKERS) == bench.talk_markdown(), "run `python -m tools.bench report`"
 
 
 @pytest.mark.slow  # the peer sizes its cache from free memory: a minute and most of the RAM on a CPU

@@ -538,9 +538,7 @@ def report(argv):
     plots.padding_waste(ch02["extra"], FIGURES / "padding_waste_w1.png",
                         f"ch02 on W1 ({ch02['num_requests']} requests, one batch): wasted slots")
     sweep = load(LATENCY_FILE)
-    most = max(r["requests"] for r in sweep["results"])  # a chapter run on fewer saw a burst: no goodput ring
-    plots.latency_vs_rate(sweep["results"], sweep["slo"], {c: rate for c, rate in goodput(sweep["results"], sweep["slo"]).items()
-                                                           if all(r["requests"] == most for r in sweep["results"] if r["chapter"] == c)},
+    plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
                           FIGURES / "h200_latency.png", f"{sweep['workload']} on one H200: latency under load")
     ch03, ch04 = latest["ch03_continuous"], latest["ch04_paged"]
     plots.kv_memory({"ch03 slots": ch03["extra"]["trace"], "ch04 blocks": ch04["extra"]["trace"]},
@@ -569,7 +567,7 @@ def report(argv):
     sweep = load("cpu_latency.json")  # latency under load on the CPU (`bench latency`)
     plots.latency_vs_rate(sweep["results"], sweep["slo"], goodput(sweep["results"], sweep["slo"]),
                           FIGURES / "cpu_latency.png", f"{sweep['workload']} on a CPU: latency under load")
-    write_readme_results()
+    write_generated_sections()
     for label in ("ch05_async@use_async=false", "ch05_async"):  # NOTES.md's W1 analysis, from the same data
         r = latest[label]
         tl, tr = r["extra"]["timeline"], r["extra"]["trace"]
@@ -916,12 +914,12 @@ README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 TALK_MARKERS = ("<!-- talk:start -->", "<!-- talk:end -->")  # WORKSHOP.md's talk, its H200 numbers
 
 
-def readme_results(text: str, markers: tuple[str, str] = README_MARKERS) -> str:
+def generated_section(text: str, markers: tuple[str, str] = README_MARKERS) -> str:
     """The generated section of the README (or of the workshop plan, with its markers) as it stands."""
     return text.split(markers[0])[1].split(markers[1])[0].strip("\n")
 
 
-def write_readme_results():
+def write_generated_sections():
     for name, markers, markdown in (("README.md", README_MARKERS, results_markdown),
                                     ("WORKSHOP.md", TALK_MARKERS, talk_markdown)):
         path = FIGURES.parent / name
